@@ -1,0 +1,263 @@
+//! The consumer runner.
+//!
+//! For each delivery: decode the envelope, check its schema, run the handler, then decide
+//! ([`crate::retry::dispose`]) to ack, to send it to a delayed retry tier, or to park it with the
+//! reason. The handler commits its own transaction (inbox row, effect, outbox rows) before it
+//! returns; the delivery is acked only after that, and after any retry or parking copy was
+//! confirmed, so a crash anywhere leaves the message on the broker, never lost.
+//!
+//! Up to `prefetch` deliveries are handled at once. On shutdown the consumer is cancelled and
+//! in-flight deliveries get a grace period to finish; whatever is left is redelivered.
+
+use std::future::Future;
+use std::panic::AssertUnwindSafe;
+use std::sync::Arc;
+use std::time::Duration;
+
+use contracts::{Envelope, Schemas, routing};
+use futures_util::{FutureExt, StreamExt};
+use lapin::message::Delivery;
+use lapin::options::{
+    BasicAckOptions, BasicCancelOptions, BasicConsumeOptions, BasicNackOptions, BasicQosOptions,
+};
+use lapin::types::FieldTable;
+use tokio::task::JoinSet;
+use tokio_util::sync::CancellationToken;
+use tracing::{Instrument, debug, error, info, info_span, warn};
+
+use crate::publisher::Outgoing;
+use crate::retry::{Disposition, dispose};
+use crate::{Bus, BusError, ConsumerQueue, Publisher, amqp};
+
+/// What a handler says about a message it could not apply.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum HandlerError {
+    /// Might work later (database unavailable, serialisation conflict): retried with back-off.
+    #[error("transient failure: {0}")]
+    Transient(String),
+    /// Will never work (references something that does not exist, breaks a rule): parked.
+    #[error("permanent failure: {0}")]
+    Permanent(String),
+}
+
+/// Applies one message. Implementations commit their effects before returning `Ok`, and must be
+/// idempotent per message id (the store's inbox does that).
+pub trait Handler: Send + Sync + 'static {
+    fn handle(&self, message: Envelope) -> impl Future<Output = Result<(), HandlerError>> + Send;
+}
+
+/// How to run one consumer.
+#[derive(Debug, Clone)]
+pub struct ConsumerSpec {
+    pub queue: ConsumerQueue,
+    /// Deliveries in flight at once (AMQP prefetch).
+    pub prefetch: u16,
+    /// Consumer tag shown in the management UI.
+    pub tag: String,
+    /// How long in-flight handlers may run after shutdown is asked for.
+    pub shutdown_grace: Duration,
+}
+
+impl ConsumerSpec {
+    pub fn new(queue: ConsumerQueue, component: &str) -> Self {
+        let tag = format!("{component}@{}", queue.name);
+        Self {
+            queue,
+            prefetch: 32,
+            tag,
+            shutdown_grace: Duration::from_secs(10),
+        }
+    }
+
+    #[must_use]
+    pub fn with_prefetch(mut self, prefetch: u16) -> Self {
+        self.prefetch = prefetch.max(1);
+        self
+    }
+}
+
+/// Runs a consumer until `shutdown` is cancelled (then drains) or the connection is lost for
+/// good.
+pub async fn run<H: Handler>(
+    bus: &Bus,
+    spec: ConsumerSpec,
+    schemas: Schemas,
+    handler: Arc<H>,
+    shutdown: CancellationToken,
+) -> Result<(), BusError> {
+    let channel = bus.channel().await?;
+    channel
+        .basic_qos(spec.prefetch, BasicQosOptions::default())
+        .await
+        .map_err(BusError::amqp("basic.qos"))?;
+    let publisher = bus.publisher().await?;
+    let mut deliveries = channel
+        .basic_consume(
+            spec.queue.name.as_str().into(),
+            spec.tag.as_str().into(),
+            BasicConsumeOptions::default(),
+            FieldTable::default(),
+        )
+        .await
+        .map_err(BusError::amqp("basic.consume"))?;
+    info!(queue = %spec.queue.name, prefetch = spec.prefetch, "consuming");
+
+    let context = Arc::new(Context {
+        queue: spec.queue.clone(),
+        schemas,
+        handler,
+        publisher,
+    });
+    let mut in_flight = JoinSet::new();
+    let outcome = loop {
+        tokio::select! {
+            () = shutdown.cancelled() => break Ok(()),
+            Some(joined) = in_flight.join_next(), if !in_flight.is_empty() => {
+                if let Err(error) = joined {
+                    error!(%error, "message task failed");
+                }
+            }
+            next = deliveries.next() => match next {
+                Some(Ok(delivery)) => {
+                    in_flight.spawn(process(delivery, Arc::clone(&context)));
+                }
+                Some(Err(error)) => {
+                    warn!(%error, queue = %spec.queue.name, "consumer interrupted; waiting for recovery");
+                    if let Err(error) = channel.wait_for_recovery(error).await {
+                        break Err(BusError::Amqp { operation: "basic.consume", source: error });
+                    }
+                    info!(queue = %spec.queue.name, "consumer recovered");
+                }
+                None => {
+                    warn!(queue = %spec.queue.name, "the broker cancelled the consumer");
+                    break Ok(());
+                }
+            }
+        }
+    };
+
+    // Stop new deliveries, let the ones in hand finish, then give back the rest.
+    let _ = channel
+        .basic_cancel(spec.tag.as_str().into(), BasicCancelOptions::default())
+        .await;
+    let drained = tokio::time::timeout(spec.shutdown_grace, async {
+        while in_flight.join_next().await.is_some() {}
+    })
+    .await;
+    if drained.is_err() {
+        warn!(
+            left = in_flight.len(),
+            "grace period over; unfinished messages will be redelivered"
+        );
+        in_flight.abort_all();
+    }
+    let _ = channel.close(200, "consumer stopped".into()).await;
+    info!(queue = %spec.queue.name, "consumer stopped");
+    outcome
+}
+
+struct Context<H> {
+    queue: ConsumerQueue,
+    schemas: Schemas,
+    handler: Arc<H>,
+    publisher: Publisher,
+}
+
+async fn process<H: Handler>(delivery: Delivery, context: Arc<Context<H>>) {
+    let envelope = amqp::decode(&delivery.properties, &delivery.data)
+        .map_err(|e| format!("cannot decode: {e}"))
+        .and_then(|envelope| {
+            context
+                .schemas
+                .validate(&envelope.message_type, &envelope.payload)
+                .map(|()| envelope)
+                .map_err(|e| e.to_string())
+        });
+    let envelope = match envelope {
+        Ok(envelope) => envelope,
+        Err(reason) => return park(&delivery, &context, &reason).await,
+    };
+    let span = info_span!(
+        "message",
+        queue = %context.queue.name,
+        message_type = %envelope.message_type,
+        message_id = %envelope.message_id,
+        saga_id = envelope.correlation_id.map(|id| id.to_string()),
+        attempt = envelope.attempt,
+    );
+    async {
+        let attempt = envelope.attempt;
+        let outcome = AssertUnwindSafe(context.handler.handle(envelope.clone()))
+            .catch_unwind()
+            .await
+            .unwrap_or_else(|_| Err(HandlerError::Transient("handler panicked".into())));
+        match dispose(&outcome, attempt, &context.queue.retry) {
+            Disposition::Ack => {
+                debug!("handled");
+                ack(&delivery).await;
+            }
+            Disposition::Retry { tier } => {
+                let reason = outcome.err().map(|e| e.to_string()).unwrap_or_default();
+                let retry_queue = context.queue.retry_queue(tier);
+                let mut copy = Outgoing::to(
+                    routing::RETRY_EXCHANGE,
+                    &retry_queue,
+                    &envelope.next_attempt(),
+                );
+                copy.body.clone_from(&delivery.data);
+                match context.publisher.send(&copy).await {
+                    Ok(()) => {
+                        warn!(%reason, %retry_queue, "handler failed; retrying later");
+                        ack(&delivery).await;
+                    }
+                    Err(error) => {
+                        error!(%error, "cannot schedule a retry; returning the message");
+                        requeue(&delivery).await;
+                    }
+                }
+            }
+            Disposition::Park { reason } => park(&delivery, &context, &reason).await,
+        }
+    }
+    .instrument(span)
+    .await;
+}
+
+/// Moves a delivery to its parking queue with the reason, verbatim otherwise.
+async fn park<H>(delivery: &Delivery, context: &Context<H>, reason: &str) {
+    let queue = &context.queue.name;
+    let copy = Outgoing {
+        exchange: routing::DEAD_LETTER_EXCHANGE.to_owned(),
+        routing_key: queue.clone(),
+        properties: amqp::parked_properties(&delivery.properties, queue, reason),
+        body: delivery.data.clone(),
+    };
+    match context.publisher.send(&copy).await {
+        Ok(()) => {
+            warn!(%queue, %reason, "message parked");
+            ack(delivery).await;
+        }
+        Err(error) => {
+            // The queue's delivery limit dead-letters it if this keeps failing.
+            error!(%error, %queue, "cannot park a message; returning it");
+            requeue(delivery).await;
+        }
+    }
+}
+
+async fn ack(delivery: &Delivery) {
+    // A failed ack means the channel went away: the broker redelivers and the inbox dedupes.
+    if let Err(error) = delivery.ack(BasicAckOptions::default()).await {
+        warn!(%error, "ack failed; the message will be redelivered");
+    }
+}
+
+async fn requeue(delivery: &Delivery) {
+    let options = BasicNackOptions {
+        multiple: false,
+        requeue: true,
+    };
+    if let Err(error) = delivery.nack(options).await {
+        warn!(%error, "nack failed; the message will be redelivered");
+    }
+}

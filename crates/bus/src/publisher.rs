@@ -1,0 +1,155 @@
+//! Confirmed publishing. A message counts as sent only when the broker confirmed it (`ack`)
+//! and did not return it as unroutable; anything else is an error the caller sees and acts on.
+//! After a connection failure the channel is recovered and the message re-sent, so a consumer
+//! may see it twice; inboxes absorb that.
+
+use contracts::{Envelope, routing};
+use lapin::Confirmation;
+use lapin::options::BasicPublishOptions;
+use lapin::{BasicProperties, Channel};
+use tracing::warn;
+
+use crate::{PublishError, amqp};
+
+/// How many connection recoveries one publish call waits through before giving up.
+const MAX_RECOVERIES: usize = 8;
+
+const MANDATORY: BasicPublishOptions = BasicPublishOptions {
+    mandatory: true,
+    immediate: false,
+};
+
+/// A channel in confirm mode. Cheap to clone; clones share the channel.
+#[derive(Clone)]
+pub struct Publisher {
+    channel: Channel,
+}
+
+impl std::fmt::Debug for Publisher {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Publisher")
+            .field("channel", &self.channel.id())
+            .finish()
+    }
+}
+
+/// One message to publish, raw: where to, properties and body.
+#[derive(Debug, Clone)]
+pub struct Outgoing {
+    pub exchange: String,
+    pub routing_key: String,
+    pub properties: BasicProperties,
+    pub body: Vec<u8>,
+}
+
+impl Outgoing {
+    /// An envelope on the `warren` exchange, routed by its type.
+    pub fn event(envelope: &Envelope) -> Self {
+        Self::to(routing::EXCHANGE, &envelope.message_type, envelope)
+    }
+
+    pub fn to(exchange: &str, routing_key: &str, envelope: &Envelope) -> Self {
+        Self {
+            exchange: exchange.to_owned(),
+            routing_key: routing_key.to_owned(),
+            properties: amqp::properties(envelope),
+            body: amqp::body(envelope),
+        }
+    }
+}
+
+impl Publisher {
+    pub(crate) fn new(channel: Channel) -> Self {
+        Self { channel }
+    }
+
+    /// Publishes an envelope on the `warren` exchange and waits for its confirm.
+    pub async fn publish(&self, envelope: &Envelope) -> Result<(), PublishError> {
+        self.send(&Outgoing::event(envelope)).await
+    }
+
+    /// Publishes one message and waits for its confirm.
+    pub async fn send(&self, message: &Outgoing) -> Result<(), PublishError> {
+        self.send_all(std::slice::from_ref(message))
+            .await
+            .pop()
+            .expect("one result per message")
+    }
+
+    /// Publishes every message, then waits for all confirms: one round trip for the batch.
+    /// Returns one result per message, in order. Messages caught by a connection failure are
+    /// re-sent once the channel has recovered.
+    pub async fn send_all(&self, messages: &[Outgoing]) -> Vec<Result<(), PublishError>> {
+        let mut results: Vec<Option<Result<(), PublishError>>> =
+            messages.iter().map(|_| None).collect();
+        let mut pending: Vec<usize> = (0..messages.len()).collect();
+        let mut recoveries = 0;
+        while !pending.is_empty() {
+            let mut in_flight = Vec::with_capacity(pending.len());
+            let mut failure = None;
+            for &i in &pending {
+                let message = &messages[i];
+                match self
+                    .channel
+                    .basic_publish(
+                        message.exchange.as_str().into(),
+                        message.routing_key.as_str().into(),
+                        MANDATORY,
+                        &message.body,
+                        message.properties.clone(),
+                    )
+                    .await
+                {
+                    Ok(confirm) => in_flight.push((i, confirm)),
+                    Err(error) => {
+                        failure.get_or_insert(error);
+                        break;
+                    }
+                }
+            }
+            for (i, confirm) in in_flight {
+                match confirm.await {
+                    Ok(confirmation) => results[i] = Some(check(&messages[i], confirmation)),
+                    Err(error) => {
+                        failure.get_or_insert(error);
+                    }
+                }
+            }
+            // Everything not confirmed (failed or never sent) goes round again after recovery.
+            pending.retain(|i| results[*i].is_none());
+            let Some(error) = failure else { break };
+            recoveries += 1;
+            warn!(%error, unconfirmed = pending.len(), "publish interrupted; waiting for recovery");
+            let recovered = if recoveries > MAX_RECOVERIES {
+                Err(error)
+            } else {
+                self.channel.wait_for_recovery(error).await
+            };
+            if let Err(error) = recovered {
+                for i in pending.drain(..) {
+                    results[i] = Some(Err(PublishError::Connection(error.clone())));
+                }
+            }
+        }
+        results
+            .into_iter()
+            .map(|r| r.expect("every message has a result"))
+            .collect()
+    }
+}
+
+fn check(message: &Outgoing, confirmation: Confirmation) -> Result<(), PublishError> {
+    match confirmation {
+        Confirmation::Ack(None) => Ok(()),
+        Confirmation::NotRequested => Err(PublishError::Unconfirmed),
+        Confirmation::Ack(Some(returned)) => Err(PublishError::Unroutable {
+            exchange: message.exchange.clone(),
+            routing_key: message.routing_key.clone(),
+            reply: returned.reply_text.to_string(),
+        }),
+        Confirmation::Nack(_) => Err(PublishError::Nacked {
+            exchange: message.exchange.clone(),
+            routing_key: message.routing_key.clone(),
+        }),
+    }
+}

@@ -1,0 +1,595 @@
+//! Exchanges, queues and bindings, described once in code.
+//!
+//! `warren topology apply` declares them over AMQP; `warren topology export` renders the same
+//! description in RabbitMQ's definitions format, which `rabbitmq/definitions.json` must match
+//! (a test checks it), so the broker looks the same whichever way it was set up.
+//!
+//! Every consumer queue is a durable quorum queue with a delivery limit and at-least-once
+//! dead-lettering into its parking queue `<queue>.dead`; each retry tier is a quorum queue
+//! `<queue>.retry.<n>` whose TTL dead-letters back to the consumer queue.
+//!
+//! Each service also has a classic `<service>.queries` queue for reads ([`crate::rpc`]),
+//! reached through the default exchange, with no bindings: transient requests, a short TTL and a
+//! length cap, so a service that is down does not gather stale reads.
+
+use std::time::Duration;
+
+use contracts::routing;
+use lapin::options::{
+    ExchangeDeclareOptions, QueueBindOptions, QueueDeclareOptions, QueueDeleteOptions,
+};
+use lapin::types::{AMQPValue, FieldTable, LongString};
+use lapin::{Channel, ExchangeKind};
+use serde_json::{Value, json};
+
+use crate::{BusError, RetryPolicy};
+
+/// Redeliveries a quorum queue allows before it dead-letters a message on its own (a handler
+/// that crashes the process every time, say).
+pub const DEFAULT_DELIVERY_LIMIT: u32 = 10;
+/// How many messages the audit queue keeps before dropping the oldest.
+pub const AUDIT_MAX_LENGTH: u32 = 10_000;
+/// How long a query may wait in its queue: its requester gave up long before.
+pub const QUERY_TTL: Duration = Duration::from_secs(10);
+/// How many queries may wait in one queue; beyond that, requests are refused at once.
+pub const QUERY_MAX_LENGTH: u32 = 10_000;
+/// The services that answer queries, each on [`query_queue`].
+pub const QUERY_SERVICES: [&str; 6] = [
+    "order",
+    "inventory",
+    "payment",
+    "saga",
+    "image",
+    "notification",
+];
+
+/// The queue a service answers queries on: `<service>.queries`.
+pub fn query_queue(service: &str) -> String {
+    format!("{service}.queries")
+}
+
+/// One consumer's queue and what it listens to.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ConsumerQueue {
+    pub name: String,
+    /// Binding keys on the `warren` exchange.
+    pub bindings: Vec<String>,
+    pub delivery_limit: u32,
+    pub retry: RetryPolicy,
+}
+
+impl ConsumerQueue {
+    pub fn new(name: impl Into<String>, bindings: &[&str]) -> Self {
+        Self {
+            name: name.into(),
+            bindings: bindings.iter().map(|b| (*b).to_owned()).collect(),
+            delivery_limit: DEFAULT_DELIVERY_LIMIT,
+            retry: RetryPolicy::standard(),
+        }
+    }
+
+    #[must_use]
+    pub fn with_retry(mut self, retry: RetryPolicy) -> Self {
+        self.retry = retry;
+        self
+    }
+
+    #[must_use]
+    pub fn with_delivery_limit(mut self, limit: u32) -> Self {
+        self.delivery_limit = limit;
+        self
+    }
+
+    pub fn parking_queue(&self) -> String {
+        routing::parking_queue(&self.name)
+    }
+
+    pub fn retry_queue(&self, tier: usize) -> String {
+        routing::retry_queue(&self.name, tier)
+    }
+}
+
+/// The whole broker layout.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Topology {
+    pub consumers: Vec<ConsumerQueue>,
+    /// Query queues (`<service>.queries`), reached through the default exchange.
+    pub queries: Vec<String>,
+    /// The capped `warren.audit` queue bound with `#`; tests leave it out.
+    pub audit: bool,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum QueueType {
+    Quorum,
+    Classic,
+}
+
+/// A queue as the broker sees it: name, type and arguments.
+#[derive(Debug, Clone, PartialEq)]
+struct QueueSpec {
+    name: String,
+    kind: QueueType,
+    arguments: Vec<(&'static str, Arg)>,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+enum Arg {
+    Text(String),
+    Number(i64),
+}
+
+#[derive(Debug, Clone, PartialEq)]
+struct BindingSpec {
+    exchange: &'static str,
+    queue: String,
+    key: String,
+}
+
+impl Topology {
+    /// Warren's consumers and what each listens to.
+    pub fn standard() -> Self {
+        Self {
+            consumers: vec![
+                ConsumerQueue::new("order.commands", &["order.cmd.*"]),
+                // Inventory also sells reserved stock once an order is confirmed.
+                ConsumerQueue::new(
+                    "inventory.commands",
+                    &["inventory.cmd.*", "order.evt.confirmed"],
+                ),
+                ConsumerQueue::new("payment.commands", &["payment.cmd.*"]),
+                ConsumerQueue::new("image.commands", &["image.cmd.*"]),
+                ConsumerQueue::new(
+                    "notification.events",
+                    &[
+                        "order.evt.confirmed",
+                        "order.evt.cancelled",
+                        "image.evt.completed",
+                        "image.evt.failed",
+                    ],
+                ),
+                ConsumerQueue::new("saga.commands", &["saga.cmd.*"]),
+                // Exactly the replies saga definitions wait for (a test checks them against
+                // `sagas/`), so other events never reach the orchestrator.
+                ConsumerQueue::new(
+                    "saga.replies",
+                    &[
+                        "order.evt.created",
+                        "order.evt.rejected",
+                        "order.evt.confirmed",
+                        "order.evt.cancelled",
+                        "inventory.evt.reserved",
+                        "inventory.evt.reservation_failed",
+                        "inventory.evt.released",
+                        "payment.evt.charged",
+                        "payment.evt.declined",
+                        "payment.evt.refunded",
+                        "image.evt.processed",
+                        "image.evt.failed",
+                        "image.evt.variants_deleted",
+                        "image.evt.completed",
+                    ],
+                ),
+            ],
+            queries: QUERY_SERVICES.iter().map(|s| query_queue(s)).collect(),
+            audit: true,
+        }
+    }
+
+    /// A topology of just these consumers, no query queues, no audit queue (for tests and single
+    /// components).
+    pub fn of(consumers: Vec<ConsumerQueue>) -> Self {
+        Self {
+            consumers,
+            queries: Vec::new(),
+            audit: false,
+        }
+    }
+
+    /// Adds a query queue.
+    #[must_use]
+    pub fn with_query_queue(mut self, name: impl Into<String>) -> Self {
+        self.queries.push(name.into());
+        self
+    }
+
+    pub fn consumer(&self, name: &str) -> Option<&ConsumerQueue> {
+        self.consumers.iter().find(|c| c.name == name)
+    }
+
+    /// Names of the consumer queues a routing key reaches (not counting the audit queue).
+    pub fn routes(&self, routing_key: &str) -> Vec<&str> {
+        self.consumers
+            .iter()
+            .filter(|c| c.bindings.iter().any(|b| topic_matches(b, routing_key)))
+            .map(|c| c.name.as_str())
+            .collect()
+    }
+
+    fn exchanges() -> [(&'static str, ExchangeKind, &'static str); 3] {
+        [
+            (routing::EXCHANGE, ExchangeKind::Topic, "topic"),
+            (
+                routing::DEAD_LETTER_EXCHANGE,
+                ExchangeKind::Direct,
+                "direct",
+            ),
+            (routing::RETRY_EXCHANGE, ExchangeKind::Direct, "direct"),
+        ]
+    }
+
+    fn queues(&self) -> Vec<QueueSpec> {
+        let mut queues = Vec::new();
+        for consumer in &self.consumers {
+            queues.push(QueueSpec {
+                name: consumer.name.clone(),
+                kind: QueueType::Quorum,
+                arguments: vec![
+                    (
+                        "x-delivery-limit",
+                        Arg::Number(consumer.delivery_limit.into()),
+                    ),
+                    (
+                        "x-dead-letter-exchange",
+                        Arg::Text(routing::DEAD_LETTER_EXCHANGE.into()),
+                    ),
+                    (
+                        "x-dead-letter-routing-key",
+                        Arg::Text(consumer.name.clone()),
+                    ),
+                    ("x-dead-letter-strategy", Arg::Text("at-least-once".into())),
+                    ("x-overflow", Arg::Text("reject-publish".into())),
+                ],
+            });
+            queues.push(QueueSpec {
+                name: consumer.parking_queue(),
+                kind: QueueType::Quorum,
+                arguments: vec![],
+            });
+            for (tier, delay) in consumer.retry.delays.iter().enumerate() {
+                queues.push(QueueSpec {
+                    name: consumer.retry_queue(tier),
+                    kind: QueueType::Quorum,
+                    arguments: vec![
+                        ("x-message-ttl", Arg::Number(millis(*delay))),
+                        // The default exchange delivers straight back to the consumer queue.
+                        ("x-dead-letter-exchange", Arg::Text(String::new())),
+                        (
+                            "x-dead-letter-routing-key",
+                            Arg::Text(consumer.name.clone()),
+                        ),
+                        ("x-dead-letter-strategy", Arg::Text("at-least-once".into())),
+                        ("x-overflow", Arg::Text("reject-publish".into())),
+                    ],
+                });
+            }
+        }
+        for name in &self.queries {
+            queues.push(QueueSpec {
+                name: name.clone(),
+                kind: QueueType::Classic,
+                arguments: vec![
+                    ("x-message-ttl", Arg::Number(millis(QUERY_TTL))),
+                    ("x-overflow", Arg::Text("reject-publish".into())),
+                    ("x-max-length", Arg::Number(QUERY_MAX_LENGTH.into())),
+                ],
+            });
+        }
+        if self.audit {
+            queues.push(QueueSpec {
+                name: routing::AUDIT_QUEUE.into(),
+                kind: QueueType::Classic,
+                arguments: vec![("x-max-length", Arg::Number(AUDIT_MAX_LENGTH.into()))],
+            });
+        }
+        queues
+    }
+
+    fn bindings(&self) -> Vec<BindingSpec> {
+        let mut bindings = Vec::new();
+        for consumer in &self.consumers {
+            for key in &consumer.bindings {
+                bindings.push(BindingSpec {
+                    exchange: routing::EXCHANGE,
+                    queue: consumer.name.clone(),
+                    key: key.clone(),
+                });
+            }
+            bindings.push(BindingSpec {
+                exchange: routing::DEAD_LETTER_EXCHANGE,
+                queue: consumer.parking_queue(),
+                key: consumer.name.clone(),
+            });
+            for tier in 0..consumer.retry.delays.len() {
+                let queue = consumer.retry_queue(tier);
+                bindings.push(BindingSpec {
+                    exchange: routing::RETRY_EXCHANGE,
+                    key: queue.clone(),
+                    queue,
+                });
+            }
+        }
+        if self.audit {
+            bindings.push(BindingSpec {
+                exchange: routing::EXCHANGE,
+                queue: routing::AUDIT_QUEUE.into(),
+                key: "#".into(),
+            });
+        }
+        bindings
+    }
+
+    /// Declares everything on the broker. Idempotent; fails if a queue exists with other
+    /// arguments (the broker refuses to change a queue in place).
+    pub async fn declare(&self, channel: &Channel) -> Result<(), BusError> {
+        let durable = ExchangeDeclareOptions {
+            durable: true,
+            ..ExchangeDeclareOptions::default()
+        };
+        for (name, kind, _) in Self::exchanges() {
+            channel
+                .exchange_declare(name.into(), kind, durable, FieldTable::default())
+                .await
+                .map_err(BusError::amqp("exchange.declare"))?;
+        }
+        let durable = QueueDeclareOptions {
+            durable: true,
+            ..QueueDeclareOptions::default()
+        };
+        for queue in self.queues() {
+            channel
+                .queue_declare(queue.name.as_str().into(), durable, queue.field_table())
+                .await
+                .map_err(BusError::amqp("queue.declare"))?;
+        }
+        for binding in self.bindings() {
+            channel
+                .queue_bind(
+                    binding.queue.as_str().into(),
+                    binding.exchange.into(),
+                    binding.key.as_str().into(),
+                    QueueBindOptions::default(),
+                    FieldTable::default(),
+                )
+                .await
+                .map_err(BusError::amqp("queue.bind"))?;
+        }
+        Ok(())
+    }
+
+    /// Deletes every queue of this topology (not the shared exchanges). For tests.
+    pub async fn delete_queues(&self, channel: &Channel) -> Result<(), BusError> {
+        for queue in self.queues() {
+            channel
+                .queue_delete(queue.name.as_str().into(), QueueDeleteOptions::default())
+                .await
+                .map_err(BusError::amqp("queue.delete"))?;
+        }
+        Ok(())
+    }
+
+    /// The `exchanges`, `queues` and `bindings` sections of RabbitMQ definitions for `vhost`.
+    pub fn definitions(&self, vhost: &str) -> Value {
+        let exchanges: Vec<Value> = Self::exchanges()
+            .iter()
+            .map(|(name, _, kind)| {
+                json!({"name": name, "vhost": vhost, "type": kind, "durable": true,
+                       "auto_delete": false, "internal": false, "arguments": {}})
+            })
+            .collect();
+        let queues: Vec<Value> = self
+            .queues()
+            .iter()
+            .map(|q| {
+                json!({"name": q.name, "vhost": vhost, "durable": true, "auto_delete": false,
+                       "arguments": q.json_arguments()})
+            })
+            .collect();
+        let bindings: Vec<Value> = self
+            .bindings()
+            .iter()
+            .map(|b| {
+                json!({"source": b.exchange, "vhost": vhost, "destination": b.queue,
+                       "destination_type": "queue", "routing_key": b.key, "arguments": {}})
+            })
+            .collect();
+        json!({"exchanges": exchanges, "queues": queues, "bindings": bindings})
+    }
+}
+
+impl QueueSpec {
+    fn all_arguments(&self) -> Vec<(&'static str, Arg)> {
+        let kind = match self.kind {
+            QueueType::Quorum => "quorum",
+            QueueType::Classic => "classic",
+        };
+        let mut arguments = vec![("x-queue-type", Arg::Text(kind.into()))];
+        arguments.extend(self.arguments.iter().cloned());
+        arguments
+    }
+
+    fn field_table(&self) -> FieldTable {
+        let mut table = FieldTable::default();
+        for (key, value) in self.all_arguments() {
+            let value = match value {
+                Arg::Text(text) => AMQPValue::LongString(LongString::from(text.into_bytes())),
+                Arg::Number(n) => AMQPValue::LongLongInt(n),
+            };
+            table.insert(key.into(), value);
+        }
+        table
+    }
+
+    fn json_arguments(&self) -> Value {
+        self.all_arguments()
+            .into_iter()
+            .map(|(key, value)| {
+                let value = match value {
+                    Arg::Text(text) => Value::from(text),
+                    Arg::Number(n) => Value::from(n),
+                };
+                (key.to_owned(), value)
+            })
+            .collect::<serde_json::Map<_, _>>()
+            .into()
+    }
+}
+
+fn millis(duration: Duration) -> i64 {
+    i64::try_from(duration.as_millis()).unwrap_or(i64::MAX)
+}
+
+/// AMQP topic matching: `*` is one word, `#` zero or more.
+pub fn topic_matches(pattern: &str, key: &str) -> bool {
+    fn go(pattern: &[&str], key: &[&str]) -> bool {
+        match (pattern.first(), key.first()) {
+            (None, None) => true,
+            (Some(&"#"), _) => {
+                go(&pattern[1..], key) || (!key.is_empty() && go(pattern, &key[1..]))
+            }
+            (Some(&"*"), Some(_)) => go(&pattern[1..], &key[1..]),
+            (Some(p), Some(k)) if p == k => go(&pattern[1..], &key[1..]),
+            _ => false,
+        }
+    }
+    let pattern: Vec<&str> = pattern.split('.').collect();
+    let key: Vec<&str> = key.split('.').collect();
+    go(&pattern, &key)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn topic_patterns_match_like_rabbitmq() {
+        assert!(topic_matches("order.cmd.*", "order.cmd.create"));
+        assert!(!topic_matches("order.cmd.*", "order.cmd.create.now"));
+        assert!(topic_matches("#", "anything.at.all"));
+        assert!(topic_matches("order.#", "order"));
+        assert!(topic_matches("*.evt.#", "image.evt.variant.done"));
+        assert!(!topic_matches("order.evt.confirmed", "order.evt.cancelled"));
+    }
+
+    #[test]
+    fn every_command_reaches_a_consumer() {
+        // The audit queue makes every key routable on `warren`, so a misspelt routing key
+        // would never come back as unroutable: this check is what catches it. (Events may
+        // have no consumer: people watch them.)
+        let topology = Topology::standard();
+        let schemas = contracts::Schemas::embedded();
+        for message_type in schemas.types().filter(|t| t.contains(".cmd.")) {
+            assert!(
+                !topology.routes(message_type).is_empty(),
+                "{message_type} reaches no consumer queue"
+            );
+        }
+    }
+
+    #[test]
+    fn every_consumer_queue_has_parking_and_retry_queues() {
+        let topology = Topology::standard();
+        let queues = topology.queues();
+        for consumer in &topology.consumers {
+            let main = queues.iter().find(|q| q.name == consumer.name).unwrap();
+            assert_eq!(main.kind, QueueType::Quorum);
+            assert!(
+                main.arguments
+                    .contains(&("x-dead-letter-strategy", Arg::Text("at-least-once".into())))
+            );
+            assert!(queues.iter().any(|q| q.name == consumer.parking_queue()));
+            for tier in 0..consumer.retry.delays.len() {
+                let retry = queues
+                    .iter()
+                    .find(|q| q.name == consumer.retry_queue(tier))
+                    .unwrap();
+                assert!(retry.arguments.contains(&(
+                    "x-dead-letter-routing-key",
+                    Arg::Text(consumer.name.clone())
+                )));
+            }
+        }
+    }
+
+    #[test]
+    fn every_service_has_a_capped_query_queue_without_bindings() {
+        let topology = Topology::standard();
+        let queues = topology.queues();
+        for service in QUERY_SERVICES {
+            let name = query_queue(service);
+            let queue = queues.iter().find(|q| q.name == name).unwrap();
+            assert_eq!(queue.kind, QueueType::Classic);
+            assert!(
+                queue
+                    .arguments
+                    .contains(&("x-overflow", Arg::Text("reject-publish".into())))
+            );
+            assert!(
+                queue
+                    .arguments
+                    .contains(&("x-message-ttl", Arg::Number(10_000)))
+            );
+            assert!(topology.bindings().iter().all(|b| b.queue != name));
+        }
+        assert!(Topology::of(vec![]).queues().is_empty());
+    }
+
+    /// JSON text with object keys sorted, whatever map order serde_json was built with.
+    fn canonical(value: &Value) -> String {
+        match value {
+            Value::Object(map) => {
+                let mut entries: Vec<(&String, &Value)> = map.iter().collect();
+                entries.sort_by(|a, b| a.0.cmp(b.0));
+                let fields: Vec<String> = entries
+                    .into_iter()
+                    .map(|(k, v)| format!("{}:{}", Value::from(k.as_str()), canonical(v)))
+                    .collect();
+                format!("{{{}}}", fields.join(","))
+            }
+            Value::Array(items) => {
+                format!(
+                    "[{}]",
+                    items.iter().map(canonical).collect::<Vec<_>>().join(",")
+                )
+            }
+            other => other.to_string(),
+        }
+    }
+
+    #[test]
+    fn the_definitions_file_matches_the_code() {
+        let path = concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/../../rabbitmq/definitions.json"
+        );
+        let file: Value = serde_json::from_str(&std::fs::read_to_string(path).unwrap()).unwrap();
+        let generated = Topology::standard().definitions(routing::VHOST);
+        for section in ["exchanges", "queues", "bindings"] {
+            let in_file: Vec<String> = file[section]
+                .as_array()
+                .unwrap_or_else(|| panic!("definitions.json has no {section}"))
+                .iter()
+                .map(canonical)
+                .collect();
+            let in_code: Vec<String> = generated[section]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(canonical)
+                .collect();
+            let missing: Vec<&String> = in_code.iter().filter(|e| !in_file.contains(e)).collect();
+            let extra: Vec<&String> = in_file.iter().filter(|e| !in_code.contains(e)).collect();
+            assert!(
+                missing.is_empty() && extra.is_empty(),
+                "rabbitmq/definitions.json {section} differ from the code (regenerate with \
+                 `warren topology export --into rabbitmq/definitions.json`)\n\
+                 missing from the file: {missing:#?}\nonly in the file: {extra:#?}"
+            );
+            assert_eq!(
+                in_file.len(),
+                in_code.len(),
+                "{section}: duplicates in the file"
+            );
+        }
+    }
+}

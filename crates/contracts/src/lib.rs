@@ -1,0 +1,15 @@
+//! The language every Warren process speaks: no I/O lives here.
+//!
+//! - [`envelope`]: the metadata that travels with every message (ids, causation, trace, attempt).
+//! - [`messages`]: the typed payloads, each bound to its routing key by [`Message`].
+//! - [`routing`]: exchange and queue names shared by producers, consumers and the topology.
+//! - [`schema`]: the JSON Schemas of `schemas/`, compiled once, checked on produce and consume.
+
+pub mod envelope;
+pub mod messages;
+pub mod routing;
+pub mod schema;
+
+pub use envelope::{ContractError, Envelope};
+pub use messages::Message;
+pub use schema::{SchemaError, Schemas};

@@ -1,0 +1,128 @@
+//! Warren's HTTP gateway (axum). It owns no tables: commands go out over the bus with
+//! confirms, queries are answered by the owning service over request/reply.
+//!
+//! - [`checkouts`]: starting checkout sagas, with idempotency keys.
+//! - [`sagas`]: reading sagas and streaming their transitions (server-sent events).
+//! - [`resources`]: orders, products and accounts.
+//! - [`images`]: uploads, image status and variant downloads.
+//! - [`events`]: the one live-event subscription each gateway process fans out.
+//! - [`notifications`]: customers' notifications, listed and streamed.
+//! - [`error`], [`extract`]: the JSON error every route answers with.
+//! - [`health`]: liveness and readiness.
+
+pub mod checkouts;
+pub mod error;
+pub mod events;
+pub mod extract;
+pub mod health;
+pub mod images;
+pub mod notifications;
+pub mod resources;
+pub mod sagas;
+
+use std::future::Future;
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use axum::Router;
+use axum::extract::DefaultBodyLimit;
+use axum::http::header;
+use axum::response::IntoResponse;
+use axum::routing::{get, post};
+use bus::rpc::{RpcClient, RpcError};
+use bus::{Bus, Publisher};
+use serde_json::Value;
+use sqlx::PgPool;
+use tracing::info;
+
+pub use error::ApiError;
+pub use events::LiveEvents;
+
+/// The name the gateway publishes under.
+pub const COMPONENT: &str = "gateway";
+/// JSON bodies larger than this get 413.
+pub const BODY_LIMIT: usize = 64 * 1024;
+
+/// What the routes need.
+#[derive(Debug, Clone)]
+pub struct AppState {
+    pub bus: Bus,
+    pub publisher: Publisher,
+    pub rpc: RpcClient,
+    pub events: LiveEvents,
+    /// For readiness only: the gateway reads no table.
+    pub pool: Option<PgPool>,
+    pub query_timeout: Duration,
+    pub images: ImageSettings,
+}
+
+/// Where uploads go and how large they may be.
+#[derive(Debug, Clone)]
+pub struct ImageSettings {
+    pub store: ::images::store::ImageStore,
+    pub upload_limit: usize,
+}
+
+impl AppState {
+    /// Asks the service behind `queue` and waits up to the query timeout.
+    pub async fn query(&self, queue: &str, method: &str, params: Value) -> Result<Value, RpcError> {
+        self.rpc
+            .request(queue, method, &params, self.query_timeout)
+            .await
+    }
+}
+
+pub fn router(state: AppState) -> Router {
+    let v1 = Router::new()
+        .route("/checkouts", post(checkouts::create))
+        .route("/sagas", get(sagas::list))
+        .route("/sagas/{id}", get(sagas::get))
+        .route("/sagas/{id}/events", get(sagas::events))
+        .route("/orders/{id}", get(resources::get_order))
+        .route(
+            "/products/{sku}",
+            get(resources::get_product).put(resources::put_product),
+        )
+        .route(
+            "/accounts/{customer_id}",
+            get(resources::get_account).put(resources::put_account),
+        )
+        .route(
+            "/images",
+            post(images::upload)
+                .layer(DefaultBodyLimit::max(state.images.upload_limit + 64 * 1024)),
+        )
+        .route("/images/{id}", get(images::get))
+        .route("/images/{id}/variants/{name}", get(images::variant))
+        .route("/notifications", get(notifications::list))
+        .route("/notifications/stream", get(notifications::stream));
+    Router::new()
+        .nest("/v1", v1)
+        .route("/healthz", get(health::live))
+        .route("/readyz", get(health::ready))
+        .route("/openapi.json", get(openapi))
+        .fallback(error::not_found)
+        .method_not_allowed_fallback(error::method_not_allowed)
+        .layer(DefaultBodyLimit::max(BODY_LIMIT))
+        .with_state(state)
+}
+
+async fn openapi() -> impl IntoResponse {
+    (
+        [(header::CONTENT_TYPE, "application/json")],
+        include_str!("../openapi.json"),
+    )
+}
+
+/// Serves until `shutdown` completes, then lets open requests finish.
+pub async fn serve(
+    addr: SocketAddr,
+    state: AppState,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> std::io::Result<()> {
+    let listener = tokio::net::TcpListener::bind(addr).await?;
+    info!(%addr, "gateway listening");
+    axum::serve(listener, router(state))
+        .with_graceful_shutdown(shutdown)
+        .await
+}

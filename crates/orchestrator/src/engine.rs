@@ -1,0 +1,310 @@
+//! Every saga input as one transaction.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+use bus::HandlerError;
+use chrono::{DateTime, SubsecRound, Utc};
+use contracts::messages::{SagaStart, SagaUpdated};
+use contracts::{Envelope, Message};
+use saga::Definition;
+use saga::machine::{self, Input, Outcome, Saga, Transition};
+use serde_json::{Value, json};
+use sqlx::{PgConnection, PgPool};
+use store::{Outbox, StoreError, TxHandler};
+use tracing::{info, warn};
+use uuid::Uuid;
+
+use crate::{COMPONENT, SCHEMA, repo, view};
+
+#[derive(Debug, thiserror::Error)]
+pub enum EngineError {
+    #[error("no saga {0}")]
+    UnknownSaga(Uuid),
+    #[error("no saga definition named {0:?}")]
+    UnknownDefinition(String),
+    #[error("cannot start: {0}")]
+    BadInput(String),
+    #[error(transparent)]
+    Store(#[from] StoreError),
+}
+
+impl From<sqlx::Error> for EngineError {
+    fn from(error: sqlx::Error) -> Self {
+        Self::Store(error.into())
+    }
+}
+
+impl From<EngineError> for HandlerError {
+    fn from(error: EngineError) -> Self {
+        match error {
+            EngineError::Store(e) => e.into(),
+            other => HandlerError::Permanent(other.to_string()),
+        }
+    }
+}
+
+/// The orchestrator's logic over its tables. Cheap to clone.
+#[derive(Debug, Clone)]
+pub struct Engine {
+    pool: PgPool,
+    definitions: Arc<BTreeMap<String, Definition>>,
+    outbox: Outbox,
+}
+
+impl Engine {
+    pub fn new(pool: PgPool, definitions: Vec<Definition>) -> Self {
+        Self {
+            pool,
+            definitions: Arc::new(
+                definitions
+                    .into_iter()
+                    .map(|d| (d.name.clone(), d))
+                    .collect(),
+            ),
+            outbox: Outbox::new(SCHEMA),
+        }
+    }
+
+    pub fn pool(&self) -> &PgPool {
+        &self.pool
+    }
+
+    pub fn definition(&self, name: &str) -> Option<&Definition> {
+        self.definitions.get(name)
+    }
+
+    /// Every reply type some definition waits for.
+    pub fn reply_types(&self) -> Vec<String> {
+        let mut types: Vec<String> = self
+            .definitions
+            .values()
+            .flat_map(|d| d.reply_types())
+            .map(str::to_owned)
+            .collect();
+        types.sort();
+        types.dedup();
+        types
+    }
+
+    /// Starts a saga unless one with this id exists (a repeated request). Returns the
+    /// messages to publish.
+    pub async fn start(
+        &self,
+        tx: &mut PgConnection,
+        start: &SagaStart,
+        cause: Option<&Envelope>,
+        now: DateTime<Utc>,
+    ) -> Result<Vec<Envelope>, EngineError> {
+        let definition = self
+            .definition(&start.saga)
+            .ok_or_else(|| EngineError::UnknownDefinition(start.saga.clone()))?;
+        let transition = match machine::start(definition, start.saga_id, start.input.clone(), now) {
+            Ok(transition) => transition,
+            Err(reason) => return Err(EngineError::BadInput(reason)),
+        };
+        if !repo::insert(tx, &transition.saga, start.request_hash.as_deref()).await? {
+            info!(saga_id = %start.saga_id, "saga exists already; start ignored");
+            return Ok(vec![]);
+        }
+        let input = Input::Start {
+            input: start.input.clone(),
+        };
+        self.record(
+            tx,
+            &transition.saga,
+            &input,
+            cause,
+            now,
+            true,
+            &transition.note,
+            &transition,
+        )
+        .await
+    }
+
+    /// Applies one input to an existing saga under its row lock.
+    pub async fn apply(
+        &self,
+        tx: &mut PgConnection,
+        saga_id: Uuid,
+        input: &Input,
+        cause: Option<&Envelope>,
+        now: DateTime<Utc>,
+    ) -> Result<(Saga, Vec<Envelope>), EngineError> {
+        let saga = repo::lock(tx, saga_id)
+            .await?
+            .ok_or(EngineError::UnknownSaga(saga_id))?;
+        let definition = self
+            .definition(&saga.definition)
+            .ok_or_else(|| EngineError::UnknownDefinition(saga.definition.clone()))?;
+        match machine::apply(definition, &saga, input, now) {
+            Outcome::Applied(transition) => {
+                repo::update(tx, &transition.saga).await?;
+                let messages = self
+                    .record(
+                        tx,
+                        &transition.saga,
+                        input,
+                        cause,
+                        now,
+                        true,
+                        &transition.note,
+                        &transition,
+                    )
+                    .await?;
+                Ok((transition.saga, messages))
+            }
+            Outcome::Ignored(why) => {
+                repo::append(
+                    tx,
+                    &saga,
+                    now,
+                    input,
+                    cause.map(|c| c.message_id),
+                    false,
+                    &why,
+                    &json!([]),
+                )
+                .await?;
+                Ok((saga, vec![]))
+            }
+        }
+    }
+
+    /// Logs an applied transition and turns its commands, plus the `saga.evt.updated` event,
+    /// into messages.
+    #[allow(clippy::too_many_arguments)]
+    async fn record(
+        &self,
+        tx: &mut PgConnection,
+        saga: &Saga,
+        input: &Input,
+        cause: Option<&Envelope>,
+        now: DateTime<Utc>,
+        applied: bool,
+        note: &str,
+        transition: &Transition,
+    ) -> Result<Vec<Envelope>, EngineError> {
+        let mut messages: Vec<Envelope> = transition
+            .commands
+            .iter()
+            .map(|c| {
+                let message = Envelope::raw(COMPONENT, &c.message_type, c.payload.clone());
+                correlate(message, saga.id, cause)
+            })
+            .collect();
+        let sent: Vec<Value> = transition
+            .commands
+            .iter()
+            .zip(&messages)
+            .map(|(c, m)| {
+                json!({"message_id": m.message_id, "message_type": c.message_type,
+                       "step": c.step, "compensation": c.compensation})
+            })
+            .collect();
+        repo::append(
+            tx,
+            saga,
+            now,
+            input,
+            cause.map(|c| c.message_id),
+            applied,
+            note,
+            &Value::Array(sent),
+        )
+        .await?;
+        let updated = SagaUpdated {
+            view: view::of(saga),
+            transition: note.to_owned(),
+        };
+        messages.push(correlate(
+            Envelope::new(COMPONENT, &updated),
+            saga.id,
+            cause,
+        ));
+        Ok(messages)
+    }
+
+    /// Applies an operator's input (retry, cancel) in a transaction of its own and publishes
+    /// what it causes through the outbox. Returns the saga after, and whether it changed.
+    pub async fn operate(&self, saga_id: Uuid, input: Input) -> Result<(Saga, bool), EngineError> {
+        let mut tx = self.pool.begin().await?;
+        let before = repo::get(&mut *tx, saga_id).await?.map(|s| s.version);
+        let (saga, messages) = self.apply(&mut tx, saga_id, &input, None, now()).await?;
+        self.outbox.write(&mut tx, &messages).await?;
+        tx.commit().await?;
+        Ok((saga.clone(), before != Some(saga.version)))
+    }
+
+    /// Feeds a timeout to up to `limit` sagas whose deadline passed, each claimed with
+    /// `SKIP LOCKED` so concurrent sweepers share the work. Returns how many were handled.
+    pub async fn sweep(&self, limit: i64) -> Result<usize, EngineError> {
+        let mut tx = self.pool.begin().await?;
+        let due: Vec<Uuid> = sqlx::query_scalar(
+            "SELECT saga_id FROM sagas.sagas WHERE deadline <= now() ORDER BY deadline \
+             LIMIT $1 FOR UPDATE SKIP LOCKED",
+        )
+        .bind(limit)
+        .fetch_all(&mut *tx)
+        .await?;
+        let now = now();
+        for saga_id in &due {
+            let (_, messages) = self
+                .apply(&mut tx, *saga_id, &Input::Timeout, None, now)
+                .await?;
+            self.outbox.write(&mut tx, &messages).await?;
+        }
+        tx.commit().await?;
+        Ok(due.len())
+    }
+}
+
+/// The clock, at PostgreSQL's precision (microseconds), so a replayed log reproduces the
+/// stored state to the last digit.
+pub fn now() -> DateTime<Utc> {
+    Utc::now().trunc_subsecs(6)
+}
+
+fn correlate(message: Envelope, saga_id: Uuid, cause: Option<&Envelope>) -> Envelope {
+    let mut message = message.with_correlation(saga_id);
+    if let Some(cause) = cause {
+        message.causation_id = Some(cause.message_id);
+        message.traceparent.clone_from(&cause.traceparent);
+    }
+    message
+}
+
+/// The orchestrator's message handler: `saga.cmd.start` on `saga.commands`, replies on
+/// `saga.replies`.
+impl TxHandler for Engine {
+    async fn apply(
+        &self,
+        tx: &mut PgConnection,
+        message: &Envelope,
+    ) -> Result<Vec<Envelope>, HandlerError> {
+        let now = now();
+        if message.message_type == SagaStart::TYPE {
+            let start: SagaStart = message
+                .decode()
+                .map_err(|e| HandlerError::Permanent(e.to_string()))?;
+            return Ok(self.start(tx, &start, Some(message), now).await?);
+        }
+        let Some(saga_id) = message.correlation_id else {
+            // Events that are not replies to a saga (a product changed, say) pass by.
+            return Ok(vec![]);
+        };
+        let input = Input::Reply {
+            message_type: message.message_type.clone(),
+            payload: message.payload.clone(),
+        };
+        match Engine::apply(self, tx, saga_id, &input, Some(message), now).await {
+            Ok((_, messages)) => Ok(messages),
+            Err(EngineError::UnknownSaga(id)) => {
+                warn!(saga_id = %id, message_type = %message.message_type, "reply for an unknown saga; dropped");
+                Ok(vec![])
+            }
+            Err(error) => Err(error.into()),
+        }
+    }
+}

@@ -1,0 +1,26 @@
+//! Runs saga definitions on Warren's bus and database.
+//!
+//! - [`engine`]: every saga input (start, reply, timeout, operator action) as one transaction:
+//!   lock the saga row, apply the pure state machine, save the row, append to the saga's log,
+//!   write the commands and a `saga.evt.updated` event to the outbox, commit.
+//! - [`repo`]: the SQL of `sagas.sagas` and `sagas.saga_log`.
+//! - [`view`]: the saga as people see it.
+//! - [`sweeper`]: claims sagas whose deadline passed (`FOR UPDATE SKIP LOCKED`, so any number of
+//!   orchestrators can run) and feeds them a timeout.
+//!
+//! Transitions of one saga are serialised by its row lock; replies for different sagas run in
+//! parallel, up to the consumer's prefetch.
+
+pub mod engine;
+pub mod queries;
+pub mod repo;
+pub mod sweeper;
+pub mod view;
+
+pub use engine::{Engine, EngineError};
+pub use queries::SagaQueries;
+
+/// The name the orchestrator publishes under and claims inbox rows with.
+pub const COMPONENT: &str = "orchestrator";
+/// The database schema the orchestrator owns.
+pub const SCHEMA: &str = "sagas";

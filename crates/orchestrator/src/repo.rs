@@ -1,0 +1,167 @@
+//! The SQL of saga rows and saga logs.
+
+use chrono::{DateTime, Utc};
+use saga::machine::{Input, Saga};
+use serde_json::Value;
+use sqlx::{PgConnection, PgExecutor};
+use uuid::Uuid;
+
+/// One row of a saga's log.
+#[derive(Debug, Clone, sqlx::FromRow)]
+pub struct LogEntry {
+    pub seq: i32,
+    pub at: DateTime<Utc>,
+    pub input: sqlx::types::Json<Input>,
+    pub message_id: Option<Uuid>,
+    pub applied: bool,
+    pub note: String,
+    pub commands: sqlx::types::Json<Value>,
+    pub status: String,
+    pub version: i64,
+}
+
+/// Inserts a new saga; `false` when one with this id exists already.
+pub async fn insert(
+    tx: &mut PgConnection,
+    saga: &Saga,
+    request_hash: Option<&str>,
+) -> Result<bool, sqlx::Error> {
+    let inserted = sqlx::query(
+        "INSERT INTO sagas.sagas (saga_id, definition, status, current_step, state, version, \
+         deadline, request_hash, created_at, updated_at) \
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10) ON CONFLICT (saga_id) DO NOTHING",
+    )
+    .bind(saga.id)
+    .bind(&saga.definition)
+    .bind(saga.status.as_str())
+    .bind(saga.current_step().map(|s| s.name.as_str()))
+    .bind(sqlx::types::Json(saga))
+    .bind(saga.version)
+    .bind(saga.deadline)
+    .bind(request_hash)
+    .bind(saga.created_at)
+    .bind(saga.updated_at)
+    .execute(tx)
+    .await?;
+    Ok(inserted.rows_affected() == 1)
+}
+
+/// Loads a saga and locks its row until the transaction ends.
+pub async fn lock(tx: &mut PgConnection, saga_id: Uuid) -> Result<Option<Saga>, sqlx::Error> {
+    let state: Option<sqlx::types::Json<Saga>> =
+        sqlx::query_scalar("SELECT state FROM sagas.sagas WHERE saga_id = $1 FOR UPDATE")
+            .bind(saga_id)
+            .fetch_optional(tx)
+            .await?;
+    Ok(state.map(|s| s.0))
+}
+
+/// Reads a saga without locking it.
+pub async fn get<'e>(db: impl PgExecutor<'e>, saga_id: Uuid) -> Result<Option<Saga>, sqlx::Error> {
+    let state: Option<sqlx::types::Json<Saga>> =
+        sqlx::query_scalar("SELECT state FROM sagas.sagas WHERE saga_id = $1")
+            .bind(saga_id)
+            .fetch_optional(db)
+            .await?;
+    Ok(state.map(|s| s.0))
+}
+
+/// The request hash a saga was started with.
+pub async fn request_hash<'e>(
+    db: impl PgExecutor<'e>,
+    saga_id: Uuid,
+) -> Result<Option<Option<String>>, sqlx::Error> {
+    sqlx::query_scalar("SELECT request_hash FROM sagas.sagas WHERE saga_id = $1")
+        .bind(saga_id)
+        .fetch_optional(db)
+        .await
+}
+
+/// Newest first, optionally of one status and one definition.
+pub async fn list<'e>(
+    db: impl PgExecutor<'e>,
+    status: Option<&str>,
+    definition: Option<&str>,
+    since: Option<DateTime<Utc>>,
+    limit: i64,
+) -> Result<Vec<Saga>, sqlx::Error> {
+    let rows: Vec<sqlx::types::Json<Saga>> = sqlx::query_scalar(
+        "SELECT state FROM sagas.sagas \
+         WHERE ($1::text IS NULL OR status = $1) AND ($2::text IS NULL OR definition = $2) \
+         AND ($3::timestamptz IS NULL OR created_at >= $3) \
+         ORDER BY created_at DESC, saga_id DESC LIMIT $4",
+    )
+    .bind(status)
+    .bind(definition)
+    .bind(since)
+    .bind(limit)
+    .fetch_all(db)
+    .await?;
+    Ok(rows.into_iter().map(|r| r.0).collect())
+}
+
+/// Saves a saga after a transition; the row must be locked by this transaction.
+pub async fn update(tx: &mut PgConnection, saga: &Saga) -> Result<(), sqlx::Error> {
+    let updated = sqlx::query(
+        "UPDATE sagas.sagas SET status = $2, current_step = $3, state = $4, version = $5, \
+         deadline = $6, updated_at = $7 WHERE saga_id = $1 AND version = $5 - 1",
+    )
+    .bind(saga.id)
+    .bind(saga.status.as_str())
+    .bind(saga.current_step().map(|s| s.name.as_str()))
+    .bind(sqlx::types::Json(saga))
+    .bind(saga.version)
+    .bind(saga.deadline)
+    .bind(saga.updated_at)
+    .execute(tx)
+    .await?;
+    if updated.rows_affected() == 1 {
+        Ok(())
+    } else {
+        // Cannot happen under the row lock; refuse rather than overwrite.
+        Err(sqlx::Error::RowNotFound)
+    }
+}
+
+/// Appends one entry to a saga's log.
+#[allow(clippy::too_many_arguments)]
+pub async fn append(
+    tx: &mut PgConnection,
+    saga: &Saga,
+    at: DateTime<Utc>,
+    input: &Input,
+    message_id: Option<Uuid>,
+    applied: bool,
+    note: &str,
+    commands: &Value,
+) -> Result<(), sqlx::Error> {
+    sqlx::query(
+        "INSERT INTO sagas.saga_log (saga_id, seq, at, input, message_id, applied, note, \
+         commands, status, version) \
+         SELECT $1, coalesce(max(seq), 0) + 1, $2, $3, $4, $5, $6, $7, $8, $9 \
+         FROM sagas.saga_log WHERE saga_id = $1",
+    )
+    .bind(saga.id)
+    .bind(at)
+    .bind(sqlx::types::Json(input))
+    .bind(message_id)
+    .bind(applied)
+    .bind(note)
+    .bind(sqlx::types::Json(commands))
+    .bind(saga.status.as_str())
+    .bind(saga.version)
+    .execute(tx)
+    .await?;
+    Ok(())
+}
+
+/// A saga's whole log, in order.
+pub async fn log<'e>(db: impl PgExecutor<'e>, saga_id: Uuid) -> Result<Vec<LogEntry>, sqlx::Error> {
+    sqlx::query_as(
+        "SELECT seq, at, input, message_id, applied, note, commands, status, version \
+         FROM sagas.saga_log WHERE saga_id = $1 ORDER BY seq",
+    )
+    .bind(saga_id)
+    .fetch_all(db)
+    .await
+}

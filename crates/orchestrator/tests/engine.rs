@@ -1,0 +1,256 @@
+//! The engine against real PostgreSQL: rows, logs, outbox, replay, concurrent orchestrators.
+
+#![allow(clippy::unwrap_used)] // helpers of a test panic to fail it
+
+use std::time::Duration;
+
+use contracts::messages::SagaStart;
+use contracts::{Envelope, Schemas};
+use orchestrator::{Engine, repo};
+use saga::Definition;
+use saga::machine::{self, Input, SagaStatus};
+use serde_json::{Value, json};
+use sqlx::PgPool;
+use uuid::Uuid;
+
+fn checkout() -> Definition {
+    Definition::from_toml(include_str!("../../../sagas/checkout.toml")).unwrap()
+}
+
+/// Checkout with timeouts short enough to pass during a test.
+fn hasty_checkout() -> Definition {
+    let mut definition = checkout();
+    for step in &mut definition.steps {
+        step.timeout = Some(Duration::from_millis(20));
+        step.attempts = 1;
+    }
+    definition
+}
+
+fn start_message(saga_id: Uuid) -> Envelope {
+    let Value::Object(input) = json!({"order_id": Uuid::now_v7(), "customer_id": "c-1",
+                                      "items": [{"sku": "SKU-1", "quantity": 1}]})
+    else {
+        unreachable!()
+    };
+    Envelope::new(
+        "gateway",
+        &SagaStart {
+            saga_id,
+            saga: "checkout".into(),
+            input,
+            request_hash: Some("h1".into()),
+        },
+    )
+}
+
+fn reply(saga_id: Uuid, message_type: &str, payload: Value) -> Envelope {
+    Envelope::raw("test", message_type, payload).with_correlation(saga_id)
+}
+
+async fn handle(engine: &Engine, pool: &PgPool, message: &Envelope) -> Vec<Envelope> {
+    let mut tx = pool.begin().await.unwrap();
+    let out = store::TxHandler::apply(engine, &mut tx, message)
+        .await
+        .unwrap();
+    tx.commit().await.unwrap();
+    out
+}
+
+fn types(messages: &[Envelope]) -> Vec<&str> {
+    messages.iter().map(|m| m.message_type.as_str()).collect()
+}
+
+#[sqlx::test(migrations = "../../migrations")]
+async fn a_checkout_is_stored_logged_and_replayable(pool: PgPool) {
+    let engine = Engine::new(pool.clone(), vec![checkout()]);
+    let saga_id = Uuid::now_v7();
+    let start = start_message(saga_id);
+
+    let sent = handle(&engine, &pool, &start).await;
+    assert_eq!(types(&sent), ["order.cmd.create", "saga.evt.updated"]);
+    assert!(sent.iter().all(|m| m.correlation_id == Some(saga_id)));
+    assert!(
+        sent.iter()
+            .all(|m| m.causation_id == Some(start.message_id))
+    );
+    // A repeated start (same saga id) changes nothing.
+    assert!(
+        handle(&engine, &pool, &start_message(saga_id))
+            .await
+            .is_empty()
+    );
+
+    let order_id = sent[0].payload["order_id"].clone();
+    let sent = handle(
+        &engine,
+        &pool,
+        &reply(saga_id, "order.evt.created", json!({"order_id": order_id})),
+    )
+    .await;
+    assert_eq!(types(&sent), ["inventory.cmd.reserve", "saga.evt.updated"]);
+    // A duplicate reply is logged as ignored and sends nothing.
+    assert!(
+        handle(
+            &engine,
+            &pool,
+            &reply(saga_id, "order.evt.created", json!({}))
+        )
+        .await
+        .is_empty()
+    );
+    let sent = handle(
+        &engine,
+        &pool,
+        &reply(
+            saga_id,
+            "inventory.evt.reservation_failed",
+            json!({"order_id": order_id, "reason": "no stock"}),
+        ),
+    )
+    .await;
+    assert_eq!(types(&sent), ["order.cmd.cancel", "saga.evt.updated"]);
+    handle(
+        &engine,
+        &pool,
+        &reply(
+            saga_id,
+            "order.evt.cancelled",
+            json!({"order_id": order_id}),
+        ),
+    )
+    .await;
+
+    let stored = repo::get(&pool, saga_id).await.unwrap().unwrap();
+    assert_eq!(stored.status, SagaStatus::Compensated);
+    let log = repo::log(&pool, saga_id).await.unwrap();
+    assert_eq!(
+        log.iter().map(|e| e.applied).collect::<Vec<_>>(),
+        [true, true, false, true, true]
+    );
+    let (replayed, applied) =
+        machine::replay(&checkout(), saga_id, log.iter().map(|e| (&e.input.0, e.at))).unwrap();
+    assert_eq!(replayed, stored);
+    assert_eq!(applied, log.iter().map(|e| e.applied).collect::<Vec<_>>());
+
+    // Everything the engine sent validates against its schema.
+    let schemas = Schemas::embedded();
+    for message in sent {
+        schemas
+            .validate(&message.message_type, &message.payload)
+            .unwrap();
+    }
+}
+
+#[sqlx::test(migrations = "../../migrations")]
+async fn concurrent_orchestrators_apply_each_reply_once(pool: PgPool) {
+    let engines = [
+        Engine::new(pool.clone(), vec![checkout()]),
+        Engine::new(pool.clone(), vec![checkout()]),
+    ];
+    let saga_id = Uuid::now_v7();
+    handle(&engines[0], &pool, &start_message(saga_id)).await;
+    // The same reply, re-sent ten times with new ids, reaches both orchestrators at once.
+    let mut tasks = Vec::new();
+    for i in 0..20 {
+        let engine = engines[i % 2].clone();
+        let pool = pool.clone();
+        tasks.push(tokio::spawn(async move {
+            let message = reply(saga_id, "order.evt.created", json!({}));
+            handle(&engine, &pool, &message).await.len()
+        }));
+    }
+    let mut sent = 0;
+    for task in tasks {
+        sent += task.await.unwrap();
+    }
+    assert_eq!(
+        sent, 2,
+        "one transition: the reserve command and its saga event"
+    );
+    let saga = repo::get(&pool, saga_id).await.unwrap().unwrap();
+    assert_eq!(saga.version, 2);
+    assert_eq!(saga.steps[1].attempts, 1);
+}
+
+#[sqlx::test(migrations = "../../migrations")]
+async fn concurrent_sweepers_time_each_saga_out_once(pool: PgPool) {
+    let engine = Engine::new(pool.clone(), vec![hasty_checkout()]);
+    let mut ids = Vec::new();
+    for _ in 0..50 {
+        let saga_id = Uuid::now_v7();
+        handle(&engine, &pool, &start_message(saga_id)).await;
+        ids.push(saga_id);
+    }
+    // The 20 ms deadlines pass; what is under test is who handles them.
+    tokio::time::sleep(Duration::from_millis(30)).await;
+    let (a, b) = tokio::join!(engine.sweep(25), engine.sweep(25));
+    a.unwrap();
+    b.unwrap();
+    let running = || async {
+        sqlx::query_scalar::<_, i64>("SELECT count(*) FROM sagas.sagas WHERE status = 'running'")
+            .fetch_one(&pool)
+            .await
+            .unwrap()
+    };
+    while running().await > 0 {
+        assert!(
+            engine.sweep(100).await.unwrap() > 0,
+            "a due saga is left unclaimed"
+        );
+    }
+    for saga_id in ids {
+        let log = repo::log(&pool, saga_id).await.unwrap();
+        let create_timeouts = log
+            .iter()
+            .filter(|e| {
+                matches!(e.input.0, Input::Timeout) && e.note.starts_with("create_order timed out")
+            })
+            .count();
+        assert_eq!(
+            create_timeouts, 1,
+            "saga {saga_id}: the create timed out once"
+        );
+        let saga = repo::get(&pool, saga_id).await.unwrap().unwrap();
+        // The create timed out: the order (whose outcome is unknown) is being cancelled.
+        assert_ne!(saga.status, SagaStatus::Running);
+        assert_eq!(saga.steps[0].attempts, 1);
+    }
+    let cancels: i64 = sqlx::query_scalar(
+        "SELECT count(DISTINCT correlation_id) FROM sagas.outbox WHERE message_type = 'order.cmd.cancel'",
+    )
+    .fetch_one(&pool)
+    .await
+    .unwrap();
+    assert_eq!(cancels, 50);
+}
+
+#[sqlx::test(migrations = "../../migrations")]
+async fn an_operator_cancel_compensates_and_is_logged(pool: PgPool) {
+    let engine = Engine::new(pool.clone(), vec![checkout()]);
+    let saga_id = Uuid::now_v7();
+    handle(&engine, &pool, &start_message(saga_id)).await;
+    let (saga, changed) = engine
+        .operate(
+            saga_id,
+            Input::Cancel {
+                reason: "customer called".into(),
+            },
+        )
+        .await
+        .unwrap();
+    assert!(changed);
+    assert_eq!(saga.status, SagaStatus::Compensating);
+    let log = repo::log(&pool, saga_id).await.unwrap();
+    assert!(log.last().unwrap().note.contains("customer called"));
+    let (_, changed) = engine
+        .operate(
+            saga_id,
+            Input::Cancel {
+                reason: "again".into(),
+            },
+        )
+        .await
+        .unwrap();
+    assert!(!changed, "a second cancel is ignored");
+}

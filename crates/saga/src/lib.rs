@@ -1,0 +1,15 @@
+//! Warren's generic saga orchestrator, as pure code: no broker, no database.
+//!
+//! - [`definition`]: saga definitions as data (`sagas/*.toml`), loaded and checked statically.
+//! - [`machine`]: the state machine: (state, input) -> (new state, commands to send).
+//! - [`duration`]: the `"10s"`-style durations definitions are written with.
+//!
+//! The `orchestrator` crate wraps this in persistence (saga rows, an append-only log and the
+//! outbox in one transaction) and runs it on the bus.
+
+pub mod definition;
+pub mod duration;
+pub mod machine;
+
+pub use definition::{CheckError, Definition, Step};
+pub use machine::{Command, Input, Outcome, Saga, SagaStatus, StepState, StepStatus, Transition};

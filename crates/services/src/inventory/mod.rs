@@ -1,0 +1,28 @@
+//! The inventory service: owns `inventory.products` and `inventory.reservations`.
+//!
+//! - [`domain`]: pricing and the all-or-nothing reservation decision, stock moves, and how a
+//!   reservation answers each command in each state.
+//! - [`handler`]: `inventory.cmd.upsert_product`, `inventory.cmd.reserve`,
+//!   `inventory.cmd.release`, and the event `order.evt.confirmed` (reserved stock is sold).
+//! - [`queries`]: a product as the gateway shows it; stock totals for invariants.
+
+pub mod domain;
+pub mod handler;
+pub mod queries;
+
+pub use handler::InventoryHandler;
+
+use sqlx::PgPool;
+use store::Transactional;
+
+/// The inbox name of this participant.
+pub const CONSUMER: &str = "inventory-service";
+/// The `app_id` of the messages it produces.
+pub const PRODUCER: &str = "inventory";
+/// The schema holding its tables, inbox and outbox.
+pub const SCHEMA: &str = "inventory";
+
+/// The handler wrapped with this service's inbox and outbox, ready for a consumer.
+pub fn handler(pool: PgPool) -> Transactional<InventoryHandler> {
+    Transactional::new(pool, SCHEMA, CONSUMER, InventoryHandler)
+}

@@ -1,0 +1,26 @@
+//! The order service: owns `orders.orders`.
+//!
+//! - [`domain`]: what a checkout may hold and how an order answers each command in each state.
+//! - [`handler`]: `order.cmd.create`, `order.cmd.confirm`, `order.cmd.cancel`.
+//! - [`queries`]: an order as the gateway shows it.
+
+pub mod domain;
+pub mod handler;
+pub mod queries;
+
+pub use handler::OrderHandler;
+
+use sqlx::PgPool;
+use store::Transactional;
+
+/// The inbox name of this participant.
+pub const CONSUMER: &str = "order-service";
+/// The `app_id` of the messages it produces.
+pub const PRODUCER: &str = "order";
+/// The schema holding its tables, inbox and outbox.
+pub const SCHEMA: &str = "orders";
+
+/// The handler wrapped with this service's inbox and outbox, ready for a consumer.
+pub fn handler(pool: PgPool) -> Transactional<OrderHandler> {
+    Transactional::new(pool, SCHEMA, CONSUMER, OrderHandler)
+}

@@ -1,0 +1,26 @@
+//! The payment service: owns `payments.accounts` and `payments.charges`.
+//!
+//! - [`domain`]: the charge decision and how a charge answers each command in each state.
+//! - [`handler`]: `payment.cmd.set_balance`, `payment.cmd.charge`, `payment.cmd.refund`.
+//! - [`queries`]: an account as the gateway shows it; charges and money totals for invariants.
+
+pub mod domain;
+pub mod handler;
+pub mod queries;
+
+pub use handler::PaymentHandler;
+
+use sqlx::PgPool;
+use store::Transactional;
+
+/// The inbox name of this participant.
+pub const CONSUMER: &str = "payment-service";
+/// The `app_id` of the messages it produces.
+pub const PRODUCER: &str = "payment";
+/// The schema holding its tables, inbox and outbox.
+pub const SCHEMA: &str = "payments";
+
+/// The handler wrapped with this service's inbox and outbox, ready for a consumer.
+pub fn handler(pool: PgPool) -> Transactional<PaymentHandler> {
+    Transactional::new(pool, SCHEMA, CONSUMER, PaymentHandler)
+}

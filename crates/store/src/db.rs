@@ -1,0 +1,59 @@
+//! Connecting and migrating.
+
+use std::time::Duration;
+
+use sqlx::PgPool;
+use sqlx::postgres::PgPoolOptions;
+use tracing::{info, warn};
+
+use crate::StoreError;
+
+/// Where and how to connect.
+#[derive(Clone)]
+pub struct DbSettings {
+    /// `postgres://user:password@host:port/database`. Holds a secret: never logged.
+    pub url: String,
+    pub max_connections: u32,
+    /// How long to keep trying the first connection before giving up.
+    pub connect_timeout: Duration,
+}
+
+impl std::fmt::Debug for DbSettings {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("DbSettings")
+            .field("url", &bus::connection::redact(&self.url))
+            .field("max_connections", &self.max_connections)
+            .field("connect_timeout", &self.connect_timeout)
+            .finish()
+    }
+}
+
+/// A pool, once the database answers. Retries with exponential back-off up to
+/// `connect_timeout`, so a process may start before the database does.
+pub async fn connect(settings: &DbSettings) -> Result<PgPool, StoreError> {
+    let options = PgPoolOptions::new()
+        .max_connections(settings.max_connections)
+        .acquire_timeout(settings.connect_timeout.min(Duration::from_secs(10)));
+    let deadline = tokio::time::Instant::now() + settings.connect_timeout;
+    let mut wait = Duration::from_millis(100);
+    loop {
+        match options.clone().connect(&settings.url).await {
+            Ok(pool) => {
+                info!("connected to PostgreSQL");
+                return Ok(pool);
+            }
+            Err(error) if tokio::time::Instant::now() + wait < deadline => {
+                warn!(%error, ?wait, "PostgreSQL not reachable yet; retrying");
+                tokio::time::sleep(wait).await;
+                wait = (wait * 2).min(Duration::from_secs(2));
+            }
+            Err(error) => return Err(error.into()),
+        }
+    }
+}
+
+/// Applies the migrations of `migrations/` (embedded at build time).
+pub async fn migrate(pool: &PgPool) -> Result<(), StoreError> {
+    sqlx::migrate!("../../migrations").run(pool).await?;
+    Ok(())
+}

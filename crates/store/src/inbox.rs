@@ -1,0 +1,43 @@
+//! The inbox: one row per `(consumer, message id)` taken inside the handler's transaction, so
+//! a redelivered message finds its row and changes nothing.
+
+use sqlx::{AssertSqlSafe, PgConnection};
+use uuid::Uuid;
+
+use crate::checked_schema;
+
+#[derive(Debug, Clone)]
+pub struct Inbox {
+    claim: std::sync::Arc<str>,
+}
+
+impl Inbox {
+    /// The inbox of one service schema.
+    pub fn new(schema: &str) -> Self {
+        let schema = checked_schema(schema);
+        Self {
+            claim: format!(
+                "INSERT INTO {schema}.inbox (consumer, message_id) VALUES ($1, $2) \
+                 ON CONFLICT DO NOTHING"
+            )
+            .into(),
+        }
+    }
+
+    /// Records that `consumer` handles `message_id` in this transaction. `false` means the
+    /// message was handled before (or is being handled by a concurrent delivery, in which case
+    /// this waits for that transaction): skip the effect and ack.
+    pub async fn claim(
+        &self,
+        tx: &mut PgConnection,
+        consumer: &str,
+        message_id: Uuid,
+    ) -> Result<bool, sqlx::Error> {
+        let result = sqlx::query(AssertSqlSafe(self.claim.clone()))
+            .bind(consumer)
+            .bind(message_id)
+            .execute(tx)
+            .await?;
+        Ok(result.rows_affected() == 1)
+    }
+}

@@ -1,0 +1,118 @@
+//! The `warren` binary: runs components and operates the system.
+//!
+//! - [`settings`]: one typed settings struct, from flags or `WARREN_*` variables.
+//! - [`telemetry`]: logging set-up.
+//! - [`run`]: the long-running components and their shutdown.
+//! - [`queries`]: the participants' read handlers.
+//! - [`topology`]: applying and exporting the broker layout.
+//! - [`saga_cli`]: `warren saga ...`, seeing, replaying and repairing sagas.
+//! - [`dlq`]: `warren dlq ...`, parked messages.
+//! - [`output`]: tables, colour and JSON for operators.
+
+mod dlq;
+mod output;
+mod queries;
+mod run;
+mod saga_cli;
+mod settings;
+mod telemetry;
+mod topology;
+
+use anyhow::Context;
+use clap::{Parser, Subcommand};
+
+use settings::Settings;
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "warren",
+    version,
+    about = "Event-driven sagas on RabbitMQ and PostgreSQL"
+)]
+struct Cli {
+    #[command(flatten)]
+    settings: Settings,
+    /// Print JSON instead of tables, for scripts.
+    #[arg(long, global = true)]
+    json: bool,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Run components until SIGTERM or SIGINT, then drain and exit.
+    Run(run::RunArgs),
+    /// Apply the database migrations.
+    Migrate,
+    /// Declare or export the broker topology.
+    #[command(subcommand)]
+    Topology(topology::TopologyCommand),
+    /// See, replay and repair sagas.
+    #[command(subcommand)]
+    Saga(saga_cli::SagaCommand),
+    /// See, redrive and purge parked (dead-lettered) messages.
+    #[command(subcommand)]
+    Dlq(dlq::DlqCommand),
+}
+
+/// Exit codes scripts can rely on: 0 done, 1 a check or replay found a problem, 2 bad usage
+/// (clap's own), 3 the thing named does not exist, 4 the broker or database is unreachable,
+/// 5 anything else.
+pub mod exit {
+    pub const PROBLEM: u8 = 1;
+    pub const NOT_FOUND: u8 = 3;
+    pub const UNREACHABLE: u8 = 4;
+    pub const FAILURE: u8 = 5;
+}
+
+#[tokio::main]
+async fn main() -> std::process::ExitCode {
+    let mut cli = Cli::parse();
+    if !matches!(cli.command, Command::Run(_)) {
+        // An operator waiting at a terminal wants to hear soon that a server is down.
+        cli.settings
+            .connect_timeout_secs
+            .get_or_insert(settings::CLI_CONNECT_TIMEOUT_SECS);
+    }
+    let level = if matches!(cli.command, Command::Run(_)) {
+        "info"
+    } else {
+        "warn"
+    };
+    telemetry::init(&cli.settings.log_format, level);
+    let outcome = match cli.command {
+        Command::Run(args) => run::run(&cli.settings, args)
+            .await
+            .map(|()| std::process::ExitCode::SUCCESS),
+        Command::Migrate => migrate(&cli.settings).await,
+        Command::Topology(command) => topology::execute(&cli.settings, command)
+            .await
+            .map(|()| std::process::ExitCode::SUCCESS),
+        Command::Saga(command) => saga_cli::execute(&cli.settings, command, cli.json).await,
+        Command::Dlq(command) => dlq::execute(&cli.settings, command, cli.json).await,
+    };
+    outcome.unwrap_or_else(|error| {
+        eprintln!("error: {error:#}");
+        let unreachable = error.chain().any(|cause| {
+            cause
+                .downcast_ref::<store::StoreError>()
+                .is_some_and(|e| e.is_transient())
+                || cause.downcast_ref::<bus::BusError>().is_some()
+        });
+        // Exit at once: a connection attempt still in flight (lapin's I/O thread) would
+        // otherwise panic while the runtime shuts down.
+        std::process::exit(i32::from(if unreachable {
+            exit::UNREACHABLE
+        } else {
+            exit::FAILURE
+        }))
+    })
+}
+
+async fn migrate(settings: &Settings) -> anyhow::Result<std::process::ExitCode> {
+    let pool = store::connect(&settings.db()).await?;
+    store::migrate(&pool).await.context("applying migrations")?;
+    println!("migrations applied");
+    Ok(std::process::ExitCode::SUCCESS)
+}

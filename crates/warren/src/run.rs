@@ -1,0 +1,428 @@
+//! `warren run`: long-running components, all in one process or each in its own.
+//!
+//! Shutdown is an input: a cancellation token every component watches. On SIGTERM or SIGINT
+//! the gateway stops accepting, consumers stop taking deliveries and finish the ones in hand,
+//! relays finish their batch; then the connections close.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context;
+use bus::rpc::{self, QueryHandler, RpcClient};
+use bus::{Bus, ConsumerSpec, Handler, Topology};
+use clap::{Args, ValueEnum};
+use contracts::Schemas;
+use orchestrator::{Engine, SagaQueries};
+use saga::Definition;
+use sqlx::PgPool;
+use store::{Relay, RelaySettings, Transactional};
+use tokio::task::JoinSet;
+use tokio_util::sync::CancellationToken;
+use tracing::{error, info};
+
+use crate::queries::{Service, ServiceQueries};
+use crate::settings::Settings;
+
+#[derive(Debug, Args)]
+pub struct RunArgs {
+    /// What to run (several may be named).
+    #[arg(value_enum, default_values_t = [Component::All])]
+    components: Vec<Component>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum Component {
+    /// Everything in one process.
+    All,
+    /// The HTTP gateway.
+    Gateway,
+    /// The saga orchestrator: replies, starts, timeouts, saga queries.
+    Orchestrator,
+    /// The order service.
+    Order,
+    /// The inventory service.
+    Inventory,
+    /// The payment service.
+    Payment,
+    /// The notification service: stores and delivers customers' notifications.
+    Notification,
+    /// The image worker: processes uploads into variants.
+    Image,
+}
+
+const PARTS: [Component; 7] = [
+    Component::Image,
+    Component::Orchestrator,
+    Component::Order,
+    Component::Inventory,
+    Component::Payment,
+    Component::Notification,
+    Component::Gateway,
+];
+
+impl Component {
+    fn name(self) -> &'static str {
+        match self {
+            Self::All => "all",
+            Self::Gateway => "gateway",
+            Self::Orchestrator => "orchestrator",
+            Self::Order => "order",
+            Self::Inventory => "inventory",
+            Self::Payment => "payment",
+            Self::Notification => "notification",
+            Self::Image => "image",
+        }
+    }
+}
+
+/// The definitions of `sagas/`, built into the binary.
+const BUILT_IN: [(&str, &str); 2] = [
+    ("checkout", include_str!("../../../sagas/checkout.toml")),
+    ("image", include_str!("../../../sagas/image.toml")),
+];
+
+/// The saga definitions: the ones built in, or those of `--sagas-dir`.
+pub fn definitions(settings: &Settings) -> anyhow::Result<Vec<Definition>> {
+    let schemas = Schemas::embedded();
+    match &settings.sagas_dir {
+        Some(dir) => Ok(Definition::load_dir(dir, &schemas)?),
+        None => BUILT_IN
+            .iter()
+            .map(|(name, text)| {
+                let definition = Definition::from_toml(text)
+                    .map_err(anyhow::Error::msg)
+                    .with_context(|| format!("the built-in {name} definition"))?;
+                let errors = definition.check(&schemas);
+                anyhow::ensure!(
+                    errors.is_empty(),
+                    "the built-in {name} definition: {errors:?}"
+                );
+                Ok(definition)
+            })
+            .collect(),
+    }
+}
+
+type Tasks = JoinSet<anyhow::Result<()>>;
+
+/// What every component needs, and how to start each.
+struct Components {
+    settings: Settings,
+    bus: Bus,
+    pool: PgPool,
+    shutdown: CancellationToken,
+}
+
+impl Components {
+    fn consume<H: Handler>(
+        &self,
+        tasks: &mut Tasks,
+        queue: &str,
+        component: &str,
+        handler: Arc<H>,
+    ) -> anyhow::Result<()> {
+        self.consume_with(tasks, queue, component, handler, self.settings.prefetch)
+    }
+
+    fn consume_with<H: Handler>(
+        &self,
+        tasks: &mut Tasks,
+        queue: &str,
+        component: &str,
+        handler: Arc<H>,
+        prefetch: u16,
+    ) -> anyhow::Result<()> {
+        let topology = Topology::standard();
+        let queue = topology
+            .consumer(queue)
+            .with_context(|| format!("no consumer queue {queue} in the topology"))?
+            .clone();
+        let mut spec = ConsumerSpec::new(queue, component).with_prefetch(prefetch);
+        spec.shutdown_grace = self.settings.shutdown_grace();
+        let bus = self.bus.clone();
+        let token = self.shutdown.clone();
+        tasks.spawn(async move {
+            Ok(bus::consumer::run(&bus, spec, Schemas::embedded(), handler, token).await?)
+        });
+        Ok(())
+    }
+
+    async fn relay(&self, tasks: &mut Tasks, schema: &'static str) -> anyhow::Result<()> {
+        let relay = Relay::new(
+            schema,
+            self.pool.clone(),
+            self.bus.publisher().await?,
+            RelaySettings::default(),
+        );
+        let token = self.shutdown.clone();
+        tasks.spawn(async move { Ok(relay.run(token).await?) });
+        Ok(())
+    }
+
+    fn answer<H: QueryHandler>(&self, tasks: &mut Tasks, queue: &'static str, handler: H) {
+        let bus = self.bus.clone();
+        let token = self.shutdown.clone();
+        let prefetch = self.settings.prefetch;
+        tasks.spawn(async move {
+            Ok(rpc::serve(&bus, queue, prefetch, Arc::new(handler), token).await?)
+        });
+    }
+
+    async fn service(&self, tasks: &mut Tasks, component: Component) -> anyhow::Result<()> {
+        let pool = self.pool.clone();
+        let (queue, queries, schema, service) = match component {
+            Component::Order => (
+                "order.commands",
+                "order.queries",
+                services::order::SCHEMA,
+                Service::Order,
+            ),
+            Component::Inventory => (
+                "inventory.commands",
+                "inventory.queries",
+                services::inventory::SCHEMA,
+                Service::Inventory,
+            ),
+            Component::Payment => (
+                "payment.commands",
+                "payment.queries",
+                services::payment::SCHEMA,
+                Service::Payment,
+            ),
+            _ => unreachable!("only services"),
+        };
+        match component {
+            Component::Order => self.consume(
+                tasks,
+                queue,
+                component.name(),
+                Arc::new(services::order::handler(pool.clone())),
+            )?,
+            Component::Inventory => self.consume(
+                tasks,
+                queue,
+                component.name(),
+                Arc::new(services::inventory::handler(pool.clone())),
+            )?,
+            _ => self.consume(
+                tasks,
+                queue,
+                component.name(),
+                Arc::new(services::payment::handler(pool.clone())),
+            )?,
+        }
+        self.relay(tasks, schema).await?;
+        self.answer(tasks, queries, ServiceQueries { service, pool });
+        Ok(())
+    }
+
+    async fn image(&self, tasks: &mut Tasks) -> anyhow::Result<()> {
+        let store = images::store::ImageStore::new(&self.settings.image_store);
+        let handler =
+            images::worker::handler(self.pool.clone(), store, images::process::Limits::default());
+        // Image work is CPU-bound: take no more at once than there are cores to do it.
+        let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+        let prefetch = u16::try_from(cores).unwrap_or(u16::MAX);
+        self.consume_with(
+            tasks,
+            "image.commands",
+            "image",
+            Arc::new(handler),
+            prefetch,
+        )?;
+        self.relay(tasks, images::worker::SCHEMA).await?;
+        self.answer(
+            tasks,
+            "image.queries",
+            ServiceQueries {
+                service: Service::Image,
+                pool: self.pool.clone(),
+            },
+        );
+        Ok(())
+    }
+
+    async fn notification(&self, tasks: &mut Tasks) -> anyhow::Result<()> {
+        use notifications::delivery::{self, AnyChannel, SmtpSettings};
+        let smtp = SmtpSettings::from_env()?;
+        let channel = AnyChannel::configured(smtp.as_ref())?;
+        self.consume(
+            tasks,
+            "notification.events",
+            "notification",
+            Arc::new(notifications::handler(self.pool.clone())),
+        )?;
+        self.relay(tasks, notifications::SCHEMA).await?;
+        self.answer(
+            tasks,
+            "notification.queries",
+            ServiceQueries {
+                service: Service::Notification,
+                pool: self.pool.clone(),
+            },
+        );
+        let (pool, token) = (self.pool.clone(), self.shutdown.clone());
+        tasks.spawn(async move { Ok(delivery::run(pool, channel, token).await?) });
+        Ok(())
+    }
+
+    async fn orchestrator(&self, tasks: &mut Tasks) -> anyhow::Result<()> {
+        let engine = Engine::new(self.pool.clone(), definitions(&self.settings)?);
+        let handler = Arc::new(Transactional::new(
+            self.pool.clone(),
+            orchestrator::SCHEMA,
+            orchestrator::COMPONENT,
+            engine.clone(),
+        ));
+        self.consume(tasks, "saga.commands", "orchestrator", Arc::clone(&handler))?;
+        self.consume(tasks, "saga.replies", "orchestrator", handler)?;
+        self.relay(tasks, orchestrator::SCHEMA).await?;
+        self.answer(tasks, "saga.queries", SagaQueries::new(self.pool.clone()));
+        let token = self.shutdown.clone();
+        let interval = Duration::from_millis(self.settings.sweep_interval_ms);
+        tasks.spawn(async move {
+            orchestrator::sweeper::run(engine, interval, token).await;
+            Ok(())
+        });
+        Ok(())
+    }
+
+    async fn gateway(&self, tasks: &mut Tasks) -> anyhow::Result<()> {
+        let state = gateway::AppState {
+            bus: self.bus.clone(),
+            publisher: self.bus.publisher().await?,
+            rpc: RpcClient::connect(&self.bus).await?,
+            events: gateway::LiveEvents::start(&self.bus, self.shutdown.clone()).await?,
+            pool: Some(self.pool.clone()),
+            query_timeout: Duration::from_millis(self.settings.query_timeout_ms),
+            images: gateway::ImageSettings {
+                store: images::store::ImageStore::new(&self.settings.image_store),
+                upload_limit: self.settings.image_upload_limit,
+            },
+        };
+        let addr = self.settings.http_addr;
+        let token = self.shutdown.clone();
+        tasks.spawn(async move {
+            gateway::serve(addr, state, async move { token.cancelled().await })
+                .await
+                .with_context(|| format!("serving HTTP on {addr}"))
+        });
+        Ok(())
+    }
+}
+
+pub async fn run(settings: &Settings, args: RunArgs) -> anyhow::Result<()> {
+    let mut components = args.components;
+    if components.contains(&Component::All) {
+        components = PARTS.to_vec();
+    }
+    components.dedup();
+    let label = components
+        .iter()
+        .map(|c| c.name())
+        .collect::<Vec<_>>()
+        .join("+");
+    // Each outbox relay and the notification deliverer hold a connection for LISTEN; the
+    // pool size asked for is what is left for work.
+    let listeners: u32 = components
+        .iter()
+        .map(|c| match c {
+            Component::Gateway => 0,
+            Component::Notification => 2,
+            _ => 1,
+        })
+        .sum();
+    let mut db = settings.db();
+    db.max_connections += listeners;
+    let pool = store::connect(&db).await?;
+    let bus = Bus::connect(&settings.bus(&label)).await?;
+    Topology::standard()
+        .declare(&bus.channel().await?)
+        .await
+        .context("declaring the broker topology")?;
+
+    let context = Components {
+        settings: settings.clone(),
+        bus: bus.clone(),
+        pool: pool.clone(),
+        shutdown: CancellationToken::new(),
+    };
+    let mut tasks: Tasks = JoinSet::new();
+    for component in &components {
+        match component {
+            Component::Orchestrator => context.orchestrator(&mut tasks).await?,
+            Component::Gateway => context.gateway(&mut tasks).await?,
+            Component::Notification => context.notification(&mut tasks).await?,
+            Component::Image => context.image(&mut tasks).await?,
+            service => context.service(&mut tasks, *service).await?,
+        }
+    }
+
+    info!(components = %label, "warren running");
+    let failure = tokio::select! {
+        () = signal() => None,
+        Some(finished) = tasks.join_next() => Some(finished),
+    };
+    if let Some(finished) = &failure {
+        error!(?finished, "a component stopped on its own; shutting down");
+    }
+    context.shutdown.cancel();
+    let grace = settings.shutdown_grace() + Duration::from_secs(1);
+    if tokio::time::timeout(grace, async { while tasks.join_next().await.is_some() {} })
+        .await
+        .is_err()
+    {
+        error!("components did not stop within the grace period");
+    }
+    bus.close().await;
+    pool.close().await;
+    info!("warren stopped");
+    match failure {
+        Some(Ok(Err(error))) => Err(error),
+        Some(Err(join)) => Err(join.into()),
+        _ => Ok(()),
+    }
+}
+
+/// Completes on SIGTERM or SIGINT.
+async fn signal() {
+    let interrupt = tokio::signal::ctrl_c();
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{SignalKind, signal};
+        match signal(SignalKind::terminate()) {
+            Ok(mut terminate) => {
+                tokio::select! {
+                    _ = interrupt => {}
+                    _ = terminate.recv() => {}
+                }
+            }
+            Err(_) => {
+                let _ = interrupt.await;
+            }
+        }
+    }
+    #[cfg(not(unix))]
+    let _ = interrupt.await;
+    info!("shutdown signal received");
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::Parser;
+
+    #[test]
+    fn every_reply_a_saga_waits_for_reaches_the_orchestrator() {
+        let settings = crate::Cli::parse_from(["warren", "migrate"]).settings;
+        let topology = Topology::standard();
+        for definition in definitions(&settings).unwrap() {
+            for reply in definition.reply_types() {
+                assert!(
+                    topology.routes(reply).contains(&"saga.replies"),
+                    "{reply} does not reach saga.replies"
+                );
+            }
+        }
+    }
+}

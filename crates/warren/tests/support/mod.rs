@@ -1,0 +1,353 @@
+//! Runs the whole system as real processes against the local servers: a virtual host and a
+//! database of its own per test, `warren run ...` children, HTTP through the gateway.
+
+#![allow(clippy::unwrap_used, dead_code)] // helpers of a test panic to fail it
+
+use std::path::PathBuf;
+use std::process::Stdio;
+use std::time::Duration;
+
+use serde_json::{Value, json};
+use sqlx::PgPool;
+use sqlx::postgres::PgPoolOptions;
+use tokio::process::{Child, Command};
+use uuid::Uuid;
+
+pub const PATIENCE: Duration = Duration::from_secs(120);
+
+pub struct System {
+    pub vhost: String,
+    pub database: String,
+    pub database_url: String,
+    pub pool: PgPool,
+    pub base: String,
+    port: u16,
+    pub client: reqwest::Client,
+    pub sagas_dir: Option<PathBuf>,
+    /// Database connections per process, for work (listeners come on top).
+    pub db_pool: u32,
+    children: Vec<Option<Child>>,
+    logs: PathBuf,
+}
+
+fn admin_url() -> String {
+    std::env::var("DATABASE_URL")
+        .unwrap_or_else(|_| "postgres://postgres:postgres@127.0.0.1:5432/warren".into())
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+impl System {
+    /// A fresh vhost and a fresh migrated database; no process yet.
+    pub async fn new() -> Self {
+        testkit::init_logging();
+        let vhost = testkit::create_vhost().await;
+        let database = format!("e2e_{}", testkit::unique());
+        let admin = PgPoolOptions::new()
+            .max_connections(1)
+            .connect(&admin_url())
+            .await
+            .unwrap();
+        sqlx::query(sqlx::AssertSqlSafe(format!("CREATE DATABASE {database}")))
+            .execute(&admin)
+            .await
+            .unwrap();
+        admin.close().await;
+        let cut = admin_url().rfind('/').unwrap();
+        let database_url = format!("{}/{database}", &admin_url()[..cut]);
+        let pool = PgPoolOptions::new()
+            .max_connections(8)
+            .connect(&database_url)
+            .await
+            .unwrap();
+        store::migrate(&pool).await.unwrap();
+        let port = free_port();
+        let logs = std::env::temp_dir().join(format!("warren-{vhost}"));
+        std::fs::create_dir_all(&logs).unwrap();
+        Self {
+            vhost,
+            database,
+            database_url,
+            pool,
+            base: format!("http://127.0.0.1:{port}"),
+            port,
+            client: reqwest::Client::new(),
+            sagas_dir: None,
+            db_pool: 8,
+            children: Vec::new(),
+            logs,
+        }
+    }
+
+    /// Starts `warren run <components>`; returns its index for [`System::kill`].
+    pub fn spawn(&mut self, components: &[&str]) -> usize {
+        let index = self.children.len();
+        let log = std::fs::File::create(
+            self.logs
+                .join(format!("{index}-{}.log", components.join("+"))),
+        )
+        .unwrap();
+        let mut command = Command::new(env!("CARGO_BIN_EXE_warren"));
+        command
+            .arg("run")
+            .args(components)
+            .env("WARREN_AMQP_URL", testkit::amqp_url_for(&self.vhost))
+            .env("WARREN_DATABASE_URL", &self.database_url)
+            .env("WARREN_HTTP_ADDR", format!("127.0.0.1:{}", self.port))
+            .env("WARREN_DB_POOL", self.db_pool.to_string())
+            .env("WARREN_SWEEP_INTERVAL_MS", "100")
+            .env("WARREN_CONNECT_TIMEOUT_SECS", "30")
+            .env("WARREN_IMAGE_STORE", self.logs.join("images"))
+            .env("WARREN_IMAGE_UPLOAD_LIMIT", "1048576")
+            .env(
+                "RUST_LOG",
+                std::env::var("TEST_LOG").unwrap_or_else(|_| "info".into()),
+            )
+            .stdout(Stdio::null())
+            .stderr(Stdio::from(log))
+            .kill_on_drop(true);
+        if let Some(dir) = &self.sagas_dir {
+            command.env("WARREN_SAGAS_DIR", dir);
+        }
+        self.children.push(Some(command.spawn().unwrap()));
+        index
+    }
+
+    /// Kills a process the hard way (SIGKILL): what it had not acked comes back to others.
+    pub async fn kill(&mut self, index: usize) {
+        if let Some(mut child) = self.children[index].take() {
+            child.kill().await.unwrap();
+        }
+    }
+
+    /// Waits until the gateway says it is ready.
+    pub async fn ready(&self) {
+        testkit::within(PATIENCE, "the gateway to be ready", async {
+            loop {
+                if let Ok(response) = self
+                    .client
+                    .get(format!("{}/readyz", self.base))
+                    .send()
+                    .await
+                    && response.status().is_success()
+                {
+                    return;
+                }
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+        })
+        .await;
+    }
+
+    pub async fn put(&self, path: &str, body: Value) -> reqwest::StatusCode {
+        self.client
+            .put(format!("{}{path}", self.base))
+            .json(&body)
+            .send()
+            .await
+            .unwrap()
+            .status()
+    }
+
+    pub async fn get(&self, path: &str) -> (reqwest::StatusCode, Value) {
+        let response = self
+            .client
+            .get(format!("{}{path}", self.base))
+            .send()
+            .await
+            .unwrap();
+        let status = response.status();
+        (status, response.json().await.unwrap_or(Value::Null))
+    }
+
+    /// Seeds products and accounts through the gateway and waits until the services hold them.
+    pub async fn seed(&self, products: &[(&str, i64, i64)], accounts: &[(&str, i64)]) {
+        for (sku, price, available) in products {
+            let body = json!({"name": format!("Product {sku}"), "price_cents": price, "available": available});
+            assert_eq!(self.put(&format!("/v1/products/{sku}"), body).await, 202);
+        }
+        for (customer, balance) in accounts {
+            assert_eq!(
+                self.put(
+                    &format!("/v1/accounts/{customer}"),
+                    json!({"balance_cents": balance})
+                )
+                .await,
+                202
+            );
+        }
+        let (products, accounts) = (products.len() as i64, accounts.len() as i64);
+        self.until("the seed data to arrive", || async {
+            let p: i64 = sqlx::query_scalar("SELECT count(*) FROM inventory.products")
+                .fetch_one(&self.pool)
+                .await
+                .unwrap();
+            let a: i64 = sqlx::query_scalar("SELECT count(*) FROM payments.accounts")
+                .fetch_one(&self.pool)
+                .await
+                .unwrap();
+            p == products && a == accounts
+        })
+        .await;
+    }
+
+    /// Re-checks a condition on the database until it holds (what is awaited is the system
+    /// converging, which announces itself nowhere else).
+    pub async fn until<F, Fut>(&self, what: &str, mut condition: F)
+    where
+        F: FnMut() -> Fut,
+        Fut: std::future::Future<Output = bool>,
+    {
+        testkit::within(PATIENCE, what, async {
+            while !condition().await {
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+        })
+        .await;
+    }
+
+    pub async fn checkout(
+        &self,
+        customer: &str,
+        items: &[(&str, u32)],
+        key: Option<&str>,
+    ) -> (reqwest::StatusCode, Value) {
+        let items: Vec<Value> = items
+            .iter()
+            .map(|(sku, q)| json!({"sku": sku, "quantity": q}))
+            .collect();
+        let mut request = self
+            .client
+            .post(format!("{}/v1/checkouts", self.base))
+            .json(&json!({"customer_id": customer, "items": items}));
+        if let Some(key) = key {
+            request = request.header("Idempotency-Key", key);
+        }
+        let response = request.send().await.unwrap();
+        let status = response.status();
+        (status, response.json().await.unwrap())
+    }
+
+    /// Follows a saga's server-sent events until it reaches a terminal state; returns the
+    /// events' data in order.
+    pub async fn follow(&self, saga_id: &str) -> Vec<Value> {
+        // The start command may still be on its way to the orchestrator.
+        self.until("the saga to exist", || async {
+            self.get(&format!("/v1/sagas/{saga_id}")).await.0 == 200
+        })
+        .await;
+        let mut response = self
+            .client
+            .get(format!("{}/v1/sagas/{saga_id}/events", self.base))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(response.status(), 200);
+        let mut events = Vec::new();
+        let mut buffer = String::new();
+        testkit::within(PATIENCE, "the saga to end", async {
+            while let Some(chunk) = response.chunk().await.unwrap() {
+                buffer.push_str(&String::from_utf8_lossy(&chunk));
+                while let Some(end) = buffer.find("\n\n") {
+                    let frame: String = buffer.drain(..end + 2).collect();
+                    if let Some(data) = frame.lines().find_map(|l| l.strip_prefix("data:")) {
+                        events.push(serde_json::from_str::<Value>(data.trim()).unwrap());
+                    }
+                }
+            }
+        })
+        .await;
+        events
+    }
+
+    /// Opens a server-sent event stream; the returned reader yields each event's data.
+    pub async fn stream(&self, path: &str) -> EventStream {
+        let response = self
+            .client
+            .get(format!("{}{path}", self.base))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(response.status(), 200, "{path}");
+        EventStream {
+            response,
+            buffer: String::new(),
+        }
+    }
+
+    /// Waits until `count` sagas exist and none is running or compensating.
+    pub async fn all_terminal(&self, count: i64) {
+        self.until(&format!("{count} sagas to end"), || async {
+            let (all, open): (i64, i64) = sqlx::query_as(
+                "SELECT count(*), count(*) FILTER (WHERE status IN ('running', 'compensating')) FROM sagas.sagas",
+            )
+            .fetch_one(&self.pool)
+            .await
+            .unwrap();
+            all == count && open == 0
+        })
+        .await;
+    }
+
+    pub async fn stop(mut self) {
+        for child in self.children.iter_mut().filter_map(Option::take) {
+            let mut child = child;
+            let _ = child.kill().await;
+        }
+        self.pool.close().await;
+        let admin = PgPoolOptions::new()
+            .max_connections(1)
+            .connect(&admin_url())
+            .await
+            .unwrap();
+        let _ = sqlx::query(sqlx::AssertSqlSafe(format!(
+            "DROP DATABASE IF EXISTS {} WITH (FORCE)",
+            self.database
+        )))
+        .execute(&admin)
+        .await;
+        testkit::delete_vhost(&self.vhost).await;
+        let _ = std::fs::remove_dir_all(&self.logs);
+    }
+
+    pub fn logs(&self) -> &std::path::Path {
+        &self.logs
+    }
+}
+
+/// A saga id from a 202 answer.
+pub fn saga_id(answer: &Value) -> String {
+    answer["saga_id"].as_str().unwrap().to_owned()
+}
+
+pub fn new_order() -> Uuid {
+    Uuid::now_v7()
+}
+
+/// The data of server-sent events, one at a time.
+pub struct EventStream {
+    response: reqwest::Response,
+    buffer: String,
+}
+
+impl EventStream {
+    pub async fn next(&mut self) -> Option<Value> {
+        loop {
+            if let Some(end) = self.buffer.find("\n\n") {
+                let frame: String = self.buffer.drain(..end + 2).collect();
+                if let Some(data) = frame.lines().find_map(|l| l.strip_prefix("data:")) {
+                    return Some(serde_json::from_str(data.trim()).unwrap());
+                }
+                continue;
+            }
+            let chunk = self.response.chunk().await.unwrap()?;
+            self.buffer.push_str(&String::from_utf8_lossy(&chunk));
+        }
+    }
+}

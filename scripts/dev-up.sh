@@ -1,0 +1,44 @@
+#!/usr/bin/env bash
+# Brings up the whole system on this machine: PostgreSQL and RabbitMQ (installed and started if
+# missing), the broker definitions and management UI, the migrations, and Warren itself in the
+# background. Returns once the gateway is ready. Safe to run again.
+set -euo pipefail
+source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
+cd "$ROOT"
+
+RECORD_STARTS=1
+ensure_tools
+ensure_postgres
+ensure_rabbitmq
+
+log "building warren (release)"
+cargo build --release --locked -p warren
+BIN="$ROOT/target/release/warren"
+export WARREN_DATABASE_URL="${WARREN_DATABASE_URL:-postgres://postgres:postgres@$PG_HOST:$PG_PORT/$WARREN_DB}"
+export WARREN_HTTP_ADDR="${WARREN_HTTP_ADDR:-127.0.0.1:8080}"
+"$BIN" migrate
+"$BIN" topology apply
+
+ready() { curl -sf "http://$WARREN_HTTP_ADDR/readyz"; }
+PIDFILE="$STATE/warren.pid"
+if [ -f "$PIDFILE" ] && kill -0 "$(cat "$PIDFILE")" 2>/dev/null; then
+  log "warren is already running (pid $(cat "$PIDFILE")); restarting it on the new build"
+  "$ROOT/scripts/dev-down.sh" --keep-servers
+fi
+log "starting warren (logs: .warren/logs/warren.log)"
+nohup "$BIN" run all >>"$STATE/logs/warren.log" 2>&1 &
+echo $! >"$PIDFILE"
+if ! wait_for 90 ready; then
+  tail -n 40 "$STATE/logs/warren.log" >&2
+  die "the gateway did not become ready on http://$WARREN_HTTP_ADDR/readyz"
+fi
+
+cat <<MSG
+
+Warren is up.
+  Gateway          http://$WARREN_HTTP_ADDR  (health: /healthz, readiness: /readyz)
+  RabbitMQ UI      $MANAGEMENT_URL  (guest / guest; vhost "warren")
+  Audit queue      $MANAGEMENT_URL/#/queues/warren/warren.audit
+  Logs             $STATE/logs/warren.log
+  Stop             scripts/dev-down.sh
+MSG

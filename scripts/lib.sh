@@ -1,0 +1,118 @@
+# Shared by dev-up.sh, dev-down.sh and test.sh: make sure PostgreSQL and RabbitMQ are installed,
+# running and set up for Warren. Installs with apt where a server is missing.
+# shellcheck shell=bash
+
+ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
+STATE="$ROOT/.warren"
+mkdir -p "$STATE/logs"
+
+PG_HOST=127.0.0.1
+PG_PORT=5432
+# The password only matters where PostgreSQL asks for one (a fresh Debian install); under
+# trust authentication it is ignored.
+PG_ADMIN_URL="postgres://postgres:postgres@$PG_HOST:$PG_PORT/postgres"
+WARREN_DB=warren
+MANAGEMENT_URL=http://127.0.0.1:15672
+
+# dev-up.sh sets RECORD_STARTS so that dev-down.sh stops only the servers dev-up.sh started.
+log() { printf '==> %s\n' "$*" >&2; }
+die() { printf 'error: %s\n' "$*" >&2; exit 1; }
+
+as_root() {
+  if [ "$(id -u)" = 0 ]; then "$@"; else sudo "$@"; fi
+}
+
+apt_install() {
+  if [ -z "${APT_UPDATED:-}" ]; then
+    as_root apt-get update -qq
+    APT_UPDATED=1
+  fi
+  DEBIAN_FRONTEND=noninteractive as_root apt-get install -y -qq --no-install-recommends "$@"
+}
+
+# Waits up to $1 seconds for the command that follows to succeed.
+wait_for() {
+  local seconds=$1; shift
+  local deadline=$((SECONDS + seconds))
+  until "$@" >/dev/null 2>&1; do
+    [ $SECONDS -lt $deadline ] || return 1
+    sleep 0.5
+  done
+}
+
+ensure_tools() {
+  local missing=()
+  command -v curl >/dev/null || missing+=(curl)
+  command -v psql >/dev/null || missing+=(postgresql-client)
+  [ ${#missing[@]} -eq 0 ] || apt_install "${missing[@]}" ca-certificates
+  command -v cargo >/dev/null || die "cargo is missing: install Rust with rustup (https://rustup.rs), then run this again"
+}
+
+ensure_postgres() {
+  if ! command -v pg_ctlcluster >/dev/null; then
+    log "installing PostgreSQL"
+    apt_install postgresql
+  fi
+  if ! pg_isready -h $PG_HOST -p $PG_PORT -q; then
+    local version
+    version=$(ls /etc/postgresql 2>/dev/null | sort -V | tail -n 1)
+    [ -n "$version" ] || die "PostgreSQL is installed but has no cluster under /etc/postgresql"
+    log "starting PostgreSQL $version"
+    as_root pg_ctlcluster --skip-systemctl-redirect "$version" main start
+    [ -z "${RECORD_STARTS:-}" ] || echo "$version" > "$STATE/started-postgres"
+    wait_for 60 pg_isready -h $PG_HOST -p $PG_PORT -q || die "PostgreSQL did not start"
+  fi
+  if ! psql "$PG_ADMIN_URL" -qtAc 'SELECT 1' >/dev/null 2>&1; then
+    # A fresh install authenticates TCP logins by password: give postgres the one we use.
+    as_root runuser -u postgres -- psql -qc "ALTER USER postgres PASSWORD 'postgres'"
+  fi
+  if [ "$(psql "$PG_ADMIN_URL" -qtAc "SELECT 1 FROM pg_database WHERE datname = '$WARREN_DB'")" != 1 ]; then
+    log "creating database $WARREN_DB"
+    psql "$PG_ADMIN_URL" -qc "CREATE DATABASE $WARREN_DB"
+  fi
+}
+
+# `ping` answers quickly; `rabbitmqctl status` can hang for minutes on a busy node.
+rabbit_running() { as_root timeout 30 rabbitmq-diagnostics -q ping >/dev/null 2>&1; }
+
+ensure_rabbitmq() {
+  if ! command -v rabbitmq-server >/dev/null; then
+    log "installing RabbitMQ"
+    apt_install rabbitmq-server
+  fi
+  if ! rabbit_running; then
+    log "starting RabbitMQ"
+    as_root rabbitmq-server -detached
+    [ -z "${RECORD_STARTS:-}" ] || touch "$STATE/started-rabbitmq"
+  fi
+  # The node answers pings before it has finished booting; then wait for the boot.
+  wait_for 120 rabbit_running || die "RabbitMQ did not start"
+  as_root timeout 150 rabbitmqctl -q await_startup --timeout 120 || die "RabbitMQ did not finish booting"
+  # The plugin CLI can print its answer and then hang: look at what the plugins serve instead.
+  if ! curl -sf --max-time 20 -o /dev/null -u guest:guest "$MANAGEMENT_URL/api/overview" \
+     || ! curl -sf --max-time 20 -o /dev/null http://127.0.0.1:15692/metrics; then
+    log "enabling the management and prometheus plugins"
+    as_root timeout 120 rabbitmq-plugins -q enable rabbitmq_management rabbitmq_prometheus >/dev/null || true
+  fi
+  wait_for 60 curl -sf -u guest:guest "$MANAGEMENT_URL/api/overview" || die "the management API does not answer on $MANAGEMENT_URL"
+  # Vhost, users, exchanges, queues and bindings; importing is idempotent.
+  curl -sf -u guest:guest -H 'content-type: application/json' -X POST \
+    --data-binary @"$ROOT/rabbitmq/definitions.json" "$MANAGEMENT_URL/api/definitions" >/dev/null \
+    || die "importing rabbitmq/definitions.json failed"
+}
+
+# A vhost of its own for the tests, so they never touch a running stack's queues. It starts
+# empty, and vhosts left by interrupted end-to-end tests (warren_t...) are removed.
+ensure_test_vhost() {
+  local stale
+  stale=$(curl -sf -u guest:guest "$MANAGEMENT_URL/api/vhosts?columns=name" \
+    | grep -o '"name":"warren_t[a-z0-9_]*"' | cut -d'"' -f4 || true)
+  for vhost in $stale; do
+    curl -sf -u guest:guest -X DELETE "$MANAGEMENT_URL/api/vhosts/$vhost" >/dev/null || true
+  done
+  curl -sf -u guest:guest -X DELETE "$MANAGEMENT_URL/api/vhosts/warren_test" >/dev/null || true
+  curl -sf -u guest:guest -X PUT "$MANAGEMENT_URL/api/vhosts/warren_test" >/dev/null
+  curl -sf -u guest:guest -H 'content-type: application/json' -X PUT \
+    --data '{"configure":".*","write":".*","read":".*"}' \
+    "$MANAGEMENT_URL/api/permissions/warren_test/guest" >/dev/null
+}

@@ -1,0 +1,31 @@
+#!/usr/bin/env bash
+# Runs every check CI runs: formatting, clippy, and the whole test suite against real
+# PostgreSQL and RabbitMQ (installed and started here if they are missing).
+set -euo pipefail
+source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
+cd "$ROOT"
+
+ensure_tools
+ensure_postgres
+ensure_rabbitmq
+ensure_test_vhost
+
+# sqlx::test creates a fresh database per test through this URL.
+export DATABASE_URL="postgres://postgres:postgres@$PG_HOST:$PG_PORT/$WARREN_DB"
+export WARREN_TEST_AMQP_URL="amqp://guest:guest@127.0.0.1:5672/warren_test"
+export WARREN_TEST_MANAGEMENT_URL="$MANAGEMENT_URL"
+
+# A CI build is never rebuilt incrementally; its incremental caches only cost disk space.
+if [[ -n "${CI:-}" ]]; then export CARGO_INCREMENTAL=0; fi
+log "disk: $(df -h --output=avail "$ROOT" | tail -1 | tr -d ' ') free"
+
+log "cargo fmt --check"
+cargo fmt --all -- --check
+log "cargo clippy"
+cargo clippy --workspace --all-targets --locked -- -D warnings
+log "tests"
+if cargo nextest --version >/dev/null 2>&1; then
+  cargo nextest run --workspace --locked --no-fail-fast
+else
+  cargo test --workspace --locked --no-fail-fast
+fi
