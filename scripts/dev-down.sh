@@ -4,16 +4,21 @@
 set -euo pipefail
 source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
 
-PIDFILE="$STATE/warren.pid"
-if [ -f "$PIDFILE" ]; then
-  pid=$(cat "$PIDFILE")
-  if kill -0 "$pid" 2>/dev/null; then
-    log "stopping warren (pid $pid)"
-    kill -TERM "$pid"
-    # Warren drains in-flight messages within its grace period.
-    wait_for 30 bash -c "! kill -0 $pid" || { log "warren did not stop in time; killing it"; kill -KILL "$pid" || true; }
+# Warren drains in-flight messages within its grace period. The gateway stops first, so no
+# new work arrives while the workers drain.
+for ((i = ${#COMPONENTS[@]} - 1; i >= 0; i--)); do
+  component=${COMPONENTS[i]}
+  if component_running "$component"; then
+    log "stopping $component"
   fi
-  rm -f "$PIDFILE"
+  stop_component "$component"
+done
+# A stack started by an older dev-up.sh ran as one process.
+if [ -f "$STATE/warren.pid" ]; then
+  stop_pid=$(cat "$STATE/warren.pid")
+  kill -TERM "$stop_pid" 2>/dev/null || true
+  wait_for 30 bash -c "! kill -0 $stop_pid" || kill -KILL "$stop_pid" 2>/dev/null || true
+  rm -f "$STATE/warren.pid"
 fi
 
 if [ "${1:-}" != "--keep-servers" ]; then

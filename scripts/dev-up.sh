@@ -13,23 +13,25 @@ ensure_rabbitmq
 
 log "building warren (release)"
 cargo build --release --locked -p warren
-BIN="$ROOT/target/release/warren"
+BIN="$WARREN_BIN"
 export WARREN_DATABASE_URL="${WARREN_DATABASE_URL:-postgres://postgres:postgres@$PG_HOST:$PG_PORT/$WARREN_DB}"
 export WARREN_HTTP_ADDR="${WARREN_HTTP_ADDR:-127.0.0.1:8080}"
 "$BIN" migrate
 "$BIN" topology apply
 
 ready() { curl -sf "http://$WARREN_HTTP_ADDR/readyz"; }
-PIDFILE="$STATE/warren.pid"
-if [ -f "$PIDFILE" ] && kill -0 "$(cat "$PIDFILE")" 2>/dev/null; then
-  log "warren is already running (pid $(cat "$PIDFILE")); restarting it on the new build"
+if [ -f "$STATE/warren.pid" ] || component_running gateway; then
+  log "warren is already running; restarting it on the new build"
   "$ROOT/scripts/dev-down.sh" --keep-servers
 fi
-log "starting warren (logs: .warren/logs/warren.log)"
-nohup "$BIN" run all >>"$STATE/logs/warren.log" 2>&1 &
-echo $! >"$PIDFILE"
+# Seven processes share PostgreSQL's 100 connections.
+export WARREN_DB_POOL="${WARREN_DB_POOL:-6}"
+for component in "${COMPONENTS[@]}"; do
+  log "starting $component (log: .warren/logs/$component.log)"
+  start_component "$component"
+done
 if ! wait_for 90 ready; then
-  tail -n 40 "$STATE/logs/warren.log" >&2
+  tail -n 20 "$STATE"/logs/*.log >&2
   die "the gateway did not become ready on http://$WARREN_HTTP_ADDR/readyz"
 fi
 
@@ -39,6 +41,7 @@ Warren is up.
   Gateway          http://$WARREN_HTTP_ADDR  (health: /healthz, readiness: /readyz)
   RabbitMQ UI      $MANAGEMENT_URL  (guest / guest; vhost "warren")
   Audit queue      $MANAGEMENT_URL/#/queues/warren/warren.audit
-  Logs             $STATE/logs/warren.log
+  Logs             $STATE/logs/<component>.log (one process per component)
+  Rehearse faults  scripts/chaos/all.sh
   Stop             scripts/dev-down.sh
 MSG

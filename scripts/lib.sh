@@ -116,3 +116,50 @@ ensure_test_vhost() {
     --data '{"configure":".*","write":".*","read":".*"}' \
     "$MANAGEMENT_URL/api/permissions/warren_test/guest" >/dev/null
 }
+
+# The components dev-up.sh runs, each as its own process (so one can be killed and restarted).
+COMPONENTS=(orchestrator order inventory payment image notification gateway)
+WARREN_BIN="$ROOT/target/release/warren"
+
+pidfile() { echo "$STATE/$1.pid"; }
+
+component_running() {
+  local file; file=$(pidfile "$1")
+  [ -f "$file" ] && kill -0 "$(cat "$file")" 2>/dev/null
+}
+
+# Starts one component in the background (logs in .warren/logs/<component>.log). The
+# development stack accepts injected faults, so scripts/chaos/ can rehearse failures.
+start_component() {
+  local component=$1
+  component_running "$component" && return 0
+  WARREN_ALLOW_CHAOS=true nohup "$WARREN_BIN" run "$component" >>"$STATE/logs/$component.log" 2>&1 &
+  echo $! >"$(pidfile "$component")"
+}
+
+# Stops one component: SIGTERM and its grace period, or SIGKILL with `kill`.
+stop_component() {
+  local component=$1 signal=${2:-TERM} file pid
+  file=$(pidfile "$component")
+  [ -f "$file" ] || return 0
+  pid=$(cat "$file")
+  if kill -0 "$pid" 2>/dev/null; then
+    kill "-$signal" "$pid" 2>/dev/null || true
+    wait_for 30 bash -c "! kill -0 $pid" || kill -KILL "$pid" 2>/dev/null || true
+  fi
+  rm -f "$file"
+}
+
+# Restarts the servers in place, for failure rehearsals.
+restart_postgres() {
+  local version
+  version=$(ls /etc/postgresql | sort -V | tail -n 1)
+  as_root pg_ctlcluster --skip-systemctl-redirect "$version" main restart
+  wait_for 60 pg_isready -h $PG_HOST -p $PG_PORT -q || die "PostgreSQL did not come back"
+}
+
+restart_rabbitmq() {
+  as_root timeout 120 rabbitmqctl -q stop_app
+  as_root timeout 120 rabbitmqctl -q start_app
+  as_root timeout 150 rabbitmqctl -q await_startup --timeout 120 || die "RabbitMQ did not come back"
+}

@@ -29,3 +29,13 @@ if cargo nextest --version >/dev/null 2>&1; then
 else
   cargo test --workspace --locked --no-fail-fast
 fi
+
+# The chaos tests restart PostgreSQL and RabbitMQ, so they run alone, after everything else,
+# one at a time, and print their figures.
+log "chaos tests"
+if cargo nextest --version >/dev/null 2>&1; then
+  cargo nextest run -p warren --test chaos --locked --run-ignored only --test-threads 1 \
+    --success-output immediate
+else
+  cargo test -p warren --test chaos --locked -- --ignored --test-threads 1 --nocapture
+fi

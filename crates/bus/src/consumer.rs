@@ -25,6 +25,7 @@ use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 use tracing::{Instrument, debug, error, info, info_span, warn};
 
+use crate::chaos::Faults;
 use crate::publisher::Outgoing;
 use crate::retry::{Disposition, dispose};
 use crate::{Bus, BusError, ConsumerQueue, Publisher, amqp};
@@ -56,6 +57,8 @@ pub struct ConsumerSpec {
     pub tag: String,
     /// How long in-flight handlers may run after shutdown is asked for.
     pub shutdown_grace: Duration,
+    /// Injected faults, only in processes that allow them.
+    pub faults: Option<Arc<Faults>>,
 }
 
 impl ConsumerSpec {
@@ -66,7 +69,14 @@ impl ConsumerSpec {
             prefetch: 32,
             tag,
             shutdown_grace: Duration::from_secs(10),
+            faults: None,
         }
+    }
+
+    #[must_use]
+    pub fn with_faults(mut self, faults: Option<Arc<Faults>>) -> Self {
+        self.faults = faults;
+        self
     }
 
     #[must_use]
@@ -103,6 +113,7 @@ pub async fn run<H: Handler>(
     info!(queue = %spec.queue.name, prefetch = spec.prefetch, "consuming");
 
     let context = Arc::new(Context {
+        faults: spec.faults.clone(),
         queue: spec.queue.clone(),
         schemas,
         handler,
@@ -157,6 +168,7 @@ pub async fn run<H: Handler>(
 }
 
 struct Context<H> {
+    faults: Option<Arc<Faults>>,
     queue: ConsumerQueue,
     schemas: Schemas,
     handler: Arc<H>,
@@ -187,13 +199,27 @@ async fn process<H: Handler>(delivery: Delivery, context: Arc<Context<H>>) {
     );
     async {
         let attempt = envelope.attempt;
-        let outcome = AssertUnwindSafe(context.handler.handle(envelope.clone()))
-            .catch_unwind()
-            .await
-            .unwrap_or_else(|_| Err(HandlerError::Transient("handler panicked".into())));
+        let faults = context.faults.as_deref();
+        if let Some(delay) = faults.and_then(|f| f.delay(&envelope.message_type)) {
+            tokio::time::sleep(delay).await;
+        }
+        let outcome = if faults.is_some_and(|f| f.fails_compensation(&envelope.message_type)) {
+            Err(HandlerError::Transient(
+                "injected fault: compensation outage".into(),
+            ))
+        } else {
+            AssertUnwindSafe(context.handler.handle(envelope.clone()))
+                .catch_unwind()
+                .await
+                .unwrap_or_else(|_| Err(HandlerError::Transient("handler panicked".into())))
+        };
         match dispose(&outcome, attempt, &context.queue.retry) {
             Disposition::Ack => {
                 debug!("handled");
+                if faults.is_some_and(Faults::crashes) {
+                    error!("injected fault: crashing after the commit, before the ack");
+                    std::process::abort();
+                }
                 ack(&delivery).await;
             }
             Disposition::Retry { tier } => {

@@ -7,11 +7,14 @@
 //! - [`retry`]: the pure decision of what to do with a handled message.
 //! - [`topology`]: exchanges, queues and bindings, declared from code or exported as
 //!   `rabbitmq/definitions.json`.
+//! - [`chaos`]: injected faults, for processes started with the allow flag, and their
+//!   control messages.
 //! - [`amqp`]: the envelope's mapping onto AMQP properties and headers.
 //! - [`rpc`]: queries, request/reply over direct reply-to: [`RpcClient`] for the gateway,
 //!   [`rpc::serve`] for the owning services.
 
 pub mod amqp;
+pub mod chaos;
 pub mod connection;
 pub mod consumer;
 pub mod error;

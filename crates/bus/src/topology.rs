@@ -206,9 +206,10 @@ impl Topology {
             .collect()
     }
 
-    fn exchanges() -> [(&'static str, ExchangeKind, &'static str); 3] {
+    fn exchanges() -> [(&'static str, ExchangeKind, &'static str); 4] {
         [
             (routing::EXCHANGE, ExchangeKind::Topic, "topic"),
+            (routing::CONTROL_EXCHANGE, ExchangeKind::Topic, "topic"),
             (
                 routing::DEAD_LETTER_EXCHANGE,
                 ExchangeKind::Direct,

@@ -7,6 +7,8 @@ pub const EXCHANGE: &str = "warren";
 pub const DEAD_LETTER_EXCHANGE: &str = "warren.dlx";
 /// Where delayed retries are published; routes `<queue>.retry.<tier>` to the retry queue.
 pub const RETRY_EXCHANGE: &str = "warren.retry";
+/// Where operators' control messages go (`chaos` faults); only processes that allow them bind.
+pub const CONTROL_EXCHANGE: &str = "warren.control";
 /// The capped classic queue bound with `#`, for people watching traffic in the management UI.
 pub const AUDIT_QUEUE: &str = "warren.audit";
 /// The virtual host Warren lives in.

@@ -75,7 +75,7 @@ async fn step<H: TxHandler>(
 /// Undoes whatever of reserve and charge may have happened, then cancels the order.
 async fn compensate(pool: &PgPool, rng: &mut Rng, saga_id: Uuid, order_id: Uuid) -> Outcome {
     let refund = Envelope::new("saga", &PaymentRefund { order_id });
-    step(pool, &PaymentHandler, rng, saga_id, refund).await;
+    step(pool, &PaymentHandler::default(), rng, saga_id, refund).await;
     let release = Envelope::new("saga", &InventoryRelease { order_id });
     step(pool, &InventoryHandler, rng, saga_id, release).await;
     let cancel = Envelope::new(
@@ -156,13 +156,13 @@ async fn checkout(pool: PgPool, n: u64) -> (Uuid, Vec<LineItem>, Outcome) {
         );
         if rng.chance(10) {
             compensate(&pool, &mut rng, saga_id, order_id).await;
-            let late = step(&pool, &PaymentHandler, &mut rng, saga_id, charge)
+            let late = step(&pool, &PaymentHandler::default(), &mut rng, saga_id, charge)
                 .await
                 .unwrap();
             assert_eq!(late.message_type, "payment.evt.declined");
             return Outcome::Compensated;
         }
-        let reply = step(&pool, &PaymentHandler, &mut rng, saga_id, charge)
+        let reply = step(&pool, &PaymentHandler::default(), &mut rng, saga_id, charge)
             .await
             .unwrap();
         let Ok(charged) = reply.decode::<PaymentCharged>() else {
@@ -210,7 +210,9 @@ async fn concurrent_checkouts_conserve_stock_and_money(pool: PgPool) {
             customer_id: customer_id.into(),
             balance_cents: BALANCE,
         };
-        apply(&pool, &PaymentHandler, &send(&set)).await.unwrap();
+        apply(&pool, &PaymentHandler::default(), &send(&set))
+            .await
+            .unwrap();
     }
 
     let tasks: Vec<_> = (0..ORDERS)

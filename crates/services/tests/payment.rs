@@ -23,7 +23,7 @@ async fn account(pool: &PgPool, customer_id: &str, balance_cents: i64) {
         customer_id: customer_id.into(),
         balance_cents,
     };
-    let _: AccountBalanceSet = ask(pool, &PaymentHandler, &set).await;
+    let _: AccountBalanceSet = ask(pool, &PaymentHandler::default(), &set).await;
 }
 
 async fn balance(pool: &PgPool, customer_id: &str) -> i64 {
@@ -48,7 +48,7 @@ async fn set_balance_creates_and_replaces_an_account(pool: PgPool) {
         customer_id: "c-1".into(),
         balance_cents: 5000,
     };
-    let first: AccountBalanceSet = ask(&pool, &PaymentHandler, &set).await;
+    let first: AccountBalanceSet = ask(&pool, &PaymentHandler::default(), &set).await;
     account(&pool, "c-1", 7000).await;
 
     assert_eq!(first.balance_cents, 5000);
@@ -68,8 +68,8 @@ async fn a_charge_takes_the_amount_once_however_often_it_is_sent(pool: PgPool) {
     let order_id = Uuid::now_v7();
     let command = charge(order_id, "c-1", 1250);
 
-    let first: PaymentCharged = ask(&pool, &PaymentHandler, &command).await;
-    let again: PaymentCharged = ask(&pool, &PaymentHandler, &command).await;
+    let first: PaymentCharged = ask(&pool, &PaymentHandler::default(), &command).await;
+    let again: PaymentCharged = ask(&pool, &PaymentHandler::default(), &command).await;
 
     let expected = PaymentCharged {
         order_id,
@@ -90,10 +90,10 @@ async fn a_charge_above_the_balance_is_declined_and_takes_nothing(pool: PgPool) 
     account(&pool, "c-1", 1000).await;
     let command = charge(Uuid::now_v7(), "c-1", 1001);
 
-    let declined: PaymentDeclined = ask(&pool, &PaymentHandler, &command).await;
+    let declined: PaymentDeclined = ask(&pool, &PaymentHandler::default(), &command).await;
     // The balance grows meanwhile; a re-send still answers as the charge was decided.
     account(&pool, "c-1", 9000).await;
-    let again: PaymentDeclined = ask(&pool, &PaymentHandler, &command).await;
+    let again: PaymentDeclined = ask(&pool, &PaymentHandler::default(), &command).await;
 
     assert_eq!(
         declined.reason,
@@ -107,8 +107,12 @@ async fn a_charge_above_the_balance_is_declined_and_takes_nothing(pool: PgPool) 
 
 #[sqlx::test(migrations = "../../migrations")]
 async fn a_charge_for_an_unknown_customer_is_declined(pool: PgPool) {
-    let declined: PaymentDeclined =
-        ask(&pool, &PaymentHandler, &charge(Uuid::now_v7(), "c-9", 1)).await;
+    let declined: PaymentDeclined = ask(
+        &pool,
+        &PaymentHandler::default(),
+        &charge(Uuid::now_v7(), "c-9", 1),
+    )
+    .await;
     assert_eq!(declined.reason, "unknown customer c-9");
     assert_eq!(get_account(&pool, "c-9").await.unwrap(), None);
 }
@@ -118,8 +122,18 @@ async fn a_refund_before_the_charge_voids_it_and_the_late_charge_is_declined(poo
     account(&pool, "c-1", 5000).await;
     let order_id = Uuid::now_v7();
 
-    let refunded: PaymentRefunded = ask(&pool, &PaymentHandler, &PaymentRefund { order_id }).await;
-    let late: PaymentDeclined = ask(&pool, &PaymentHandler, &charge(order_id, "c-1", 1250)).await;
+    let refunded: PaymentRefunded = ask(
+        &pool,
+        &PaymentHandler::default(),
+        &PaymentRefund { order_id },
+    )
+    .await;
+    let late: PaymentDeclined = ask(
+        &pool,
+        &PaymentHandler::default(),
+        &charge(order_id, "c-1", 1250),
+    )
+    .await;
 
     assert_eq!(
         refunded,
@@ -139,12 +153,31 @@ async fn a_refund_before_the_charge_voids_it_and_the_late_charge_is_declined(poo
 async fn a_double_refund_pays_back_once(pool: PgPool) {
     account(&pool, "c-1", 5000).await;
     let order_id = Uuid::now_v7();
-    let _: PaymentCharged = ask(&pool, &PaymentHandler, &charge(order_id, "c-1", 1250)).await;
+    let _: PaymentCharged = ask(
+        &pool,
+        &PaymentHandler::default(),
+        &charge(order_id, "c-1", 1250),
+    )
+    .await;
 
-    let first: PaymentRefunded = ask(&pool, &PaymentHandler, &PaymentRefund { order_id }).await;
-    let again: PaymentRefunded = ask(&pool, &PaymentHandler, &PaymentRefund { order_id }).await;
-    let recharged: PaymentDeclined =
-        ask(&pool, &PaymentHandler, &charge(order_id, "c-1", 1250)).await;
+    let first: PaymentRefunded = ask(
+        &pool,
+        &PaymentHandler::default(),
+        &PaymentRefund { order_id },
+    )
+    .await;
+    let again: PaymentRefunded = ask(
+        &pool,
+        &PaymentHandler::default(),
+        &PaymentRefund { order_id },
+    )
+    .await;
+    let recharged: PaymentDeclined = ask(
+        &pool,
+        &PaymentHandler::default(),
+        &charge(order_id, "c-1", 1250),
+    )
+    .await;
 
     assert_eq!(first.amount_cents, 1250);
     assert_eq!(again.amount_cents, 1250, "answers with what was refunded");
@@ -164,9 +197,19 @@ async fn a_double_refund_pays_back_once(pool: PgPool) {
 async fn refunding_a_declined_charge_pays_back_nothing(pool: PgPool) {
     account(&pool, "c-1", 100).await;
     let order_id = Uuid::now_v7();
-    let _: PaymentDeclined = ask(&pool, &PaymentHandler, &charge(order_id, "c-1", 1250)).await;
+    let _: PaymentDeclined = ask(
+        &pool,
+        &PaymentHandler::default(),
+        &charge(order_id, "c-1", 1250),
+    )
+    .await;
 
-    let refunded: PaymentRefunded = ask(&pool, &PaymentHandler, &PaymentRefund { order_id }).await;
+    let refunded: PaymentRefunded = ask(
+        &pool,
+        &PaymentHandler::default(),
+        &PaymentRefund { order_id },
+    )
+    .await;
 
     assert_eq!(refunded.amount_cents, 0);
     assert_eq!(balance(&pool, "c-1").await, 100);
@@ -179,7 +222,7 @@ async fn a_negative_charge_is_parked(pool: PgPool) {
     account(&pool, "c-1", 100).await;
     let reason = parked(
         &pool,
-        &PaymentHandler,
+        &PaymentHandler::default(),
         &send(&charge(Uuid::now_v7(), "c-1", -500)),
     )
     .await;
@@ -210,12 +253,17 @@ async fn concurrent_charges_and_refunds_conserve_money(pool: PgPool) {
             let (once, twice) = (send(&command), send(&command));
             let refund = send(&PaymentRefund { order_id });
             let refunds_early = rng.chance(15);
+            let handler = PaymentHandler::default();
             let (first, second, early) = tokio::join!(
-                apply(&pool, &PaymentHandler, &once),
-                apply(&pool, &PaymentHandler, &twice),
+                apply(&pool, &handler, &once),
+                apply(&pool, &handler, &twice),
                 async {
                     if refunds_early {
-                        Some(apply(&pool, &PaymentHandler, &refund).await.unwrap())
+                        Some(
+                            apply(&pool, &PaymentHandler::default(), &refund)
+                                .await
+                                .unwrap(),
+                        )
                     } else {
                         None
                     }
@@ -229,7 +277,9 @@ async fn concurrent_charges_and_refunds_conserve_money(pool: PgPool) {
                 );
             }
             for _ in 0..rng.below(3) {
-                apply(&pool, &PaymentHandler, &refund).await.unwrap();
+                apply(&pool, &PaymentHandler::default(), &refund)
+                    .await
+                    .unwrap();
             }
         }));
     }

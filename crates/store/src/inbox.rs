@@ -9,6 +9,7 @@ use crate::checked_schema;
 #[derive(Debug, Clone)]
 pub struct Inbox {
     claim: std::sync::Arc<str>,
+    count_duplicate: std::sync::Arc<str>,
 }
 
 impl Inbox {
@@ -21,7 +22,27 @@ impl Inbox {
                  ON CONFLICT DO NOTHING"
             )
             .into(),
+            count_duplicate: format!(
+                "UPDATE {schema}.inbox SET duplicates = duplicates + 1 \
+                 WHERE consumer = $1 AND message_id = $2"
+            )
+            .into(),
         }
+    }
+
+    /// Counts a duplicate delivery the inbox absorbed, for figures (`warren chaos verify`).
+    pub async fn count_duplicate(
+        &self,
+        tx: &mut PgConnection,
+        consumer: &str,
+        message_id: Uuid,
+    ) -> Result<(), sqlx::Error> {
+        sqlx::query(AssertSqlSafe(self.count_duplicate.clone()))
+            .bind(consumer)
+            .bind(message_id)
+            .execute(tx)
+            .await?;
+        Ok(())
     }
 
     /// Records that `consumer` handles `message_id` in this transaction. `false` means the

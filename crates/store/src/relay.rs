@@ -10,7 +10,8 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use bus::{Outgoing, Publisher};
+use bus::chaos::{Fate, Faults};
+use bus::{Outgoing, PublishError, Publisher};
 use chrono::{DateTime, Utc};
 use contracts::Envelope;
 use sqlx::postgres::PgListener;
@@ -55,6 +56,7 @@ pub struct Relay {
     publisher: Publisher,
     settings: RelaySettings,
     sql: Arc<Statements>,
+    faults: Option<Arc<Faults>>,
 }
 
 #[derive(Debug)]
@@ -137,7 +139,15 @@ impl Relay {
             publisher,
             settings,
             sql: Arc::new(sql),
+            faults: None,
         }
+    }
+
+    /// Lets injected faults drop saga replies and double messages (chaos rehearsals only).
+    #[must_use]
+    pub fn with_faults(mut self, faults: Option<Arc<Faults>>) -> Self {
+        self.faults = faults;
+        self
     }
 
     /// Claims one batch, publishes it and marks what the broker confirmed. Returns how many
@@ -154,8 +164,15 @@ impl Relay {
         }
         let claimed = rows.len();
         let ids: Vec<Uuid> = rows.iter().map(|r| r.message_id).collect();
+        let fates: Option<Vec<Fate>> = self
+            .faults
+            .as_ref()
+            .map(|faults| rows.iter().map(|r| faults.fate(&r.message_type)).collect());
         let messages: Vec<Outgoing> = rows.into_iter().map(Row::outgoing).collect();
-        let results = self.publisher.send_all(&messages).await;
+        let results = match fates {
+            None => self.publisher.send_all(&messages).await,
+            Some(fates) => self.send_with_faults(&messages, &fates).await,
+        };
 
         let mut published = Vec::with_capacity(claimed);
         for (id, result) in ids.into_iter().zip(results) {
@@ -183,6 +200,37 @@ impl Relay {
             "outbox batch"
         );
         Ok(claimed)
+    }
+
+    /// Publishes each message as its fate says; a dropped one counts as published.
+    async fn send_with_faults(
+        &self,
+        messages: &[Outgoing],
+        fates: &[Fate],
+    ) -> Vec<Result<(), PublishError>> {
+        let mut sends = Vec::with_capacity(messages.len());
+        let mut owners = Vec::with_capacity(messages.len());
+        for (i, (message, fate)) in messages.iter().zip(fates).enumerate() {
+            let copies = match fate {
+                Fate::Drop => 0,
+                Fate::Publish => 1,
+                Fate::Duplicate => 2,
+            };
+            for _ in 0..copies {
+                sends.push(message.clone());
+                owners.push(i);
+            }
+        }
+        let mut results: Vec<Result<(), PublishError>> = messages.iter().map(|_| Ok(())).collect();
+        for (owner, result) in owners
+            .into_iter()
+            .zip(self.publisher.send_all(&sends).await)
+        {
+            if result.is_err() {
+                results[owner] = result;
+            }
+        }
+        results
     }
 
     /// Publishes until no row is waiting.

@@ -59,6 +59,11 @@ impl<H: TxHandler> bus::Handler for Transactional<H> {
             .map_err(StoreError::from)?;
         if !first_time {
             debug!("duplicate; already handled");
+            self.inbox
+                .count_duplicate(&mut tx, &self.consumer, message.message_id)
+                .await
+                .map_err(StoreError::from)?;
+            tx.commit().await.map_err(StoreError::from)?;
             return Ok(());
         }
         let caused = self.inner.apply(&mut tx, &message).await?;

@@ -217,6 +217,15 @@ pub async fn next_delivery(bus: &Bus, queue: &str, timeout: Duration) -> Deliver
 /// Closes, through the management API, every connection named `name`; waits until the API
 /// lists at least one (the statistics it lists them from lag a few seconds).
 pub async fn close_connections(name: &str) -> usize {
+    close_connections_where(|c| c["client_properties"]["connection_name"] == name).await
+}
+
+/// Closes every connection to the virtual host `vhost`, as a network failure would.
+pub async fn close_vhost_connections(vhost: &str) -> usize {
+    close_connections_where(|c| c["vhost"] == vhost).await
+}
+
+async fn close_connections_where(wanted: impl Fn(&Value) -> bool) -> usize {
     let client = reqwest::Client::new();
     let base = management_url();
     let list = || async {
@@ -233,7 +242,7 @@ pub async fn close_connections(name: &str) -> usize {
             .unwrap();
         connections
             .into_iter()
-            .filter(|c| c["client_properties"]["connection_name"] == name)
+            .filter(|c| wanted(c))
             .filter_map(|c| c["name"].as_str().map(str::to_owned))
             .collect::<Vec<String>>()
     };

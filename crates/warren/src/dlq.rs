@@ -190,7 +190,7 @@ pub async fn execute(
 /// A refused first connection is retried for ever by the connection's own recovery, so
 /// `Bus::connect` alone would never give up on a broker that is down: first wait (within the
 /// same timeout) for something to accept TCP connections at the URL's address.
-async fn connect(settings: &Settings) -> anyhow::Result<Bus> {
+pub(crate) async fn connect(settings: &Settings) -> anyhow::Result<Bus> {
     let settings = settings.bus("cli");
     let unreachable = || Unreachable {
         url: bus::connection::redact(&settings.url),
@@ -228,7 +228,7 @@ async fn connect(settings: &Settings) -> anyhow::Result<Bus> {
 
 /// Nothing answered at the broker's address within the connect timeout.
 #[derive(Debug)]
-struct Unreachable {
+pub(crate) struct Unreachable {
     url: String,
     patience: Duration,
 }

@@ -7,8 +7,11 @@
 //! - [`topology`]: applying and exporting the broker layout.
 //! - [`saga_cli`]: `warren saga ...`, seeing, replaying and repairing sagas.
 //! - [`dlq`]: `warren dlq ...`, parked messages.
+//! - [`chaos`]: `warren chaos ...`, injected faults, poison messages and the invariants check
+//!   ([`verify`]).
 //! - [`output`]: tables, colour and JSON for operators.
 
+mod chaos;
 mod dlq;
 mod output;
 mod queries;
@@ -17,6 +20,7 @@ mod saga_cli;
 mod settings;
 mod telemetry;
 mod topology;
+mod verify;
 
 use anyhow::Context;
 use clap::{Parser, Subcommand};
@@ -54,6 +58,10 @@ enum Command {
     /// See, redrive and purge parked (dead-lettered) messages.
     #[command(subcommand)]
     Dlq(dlq::DlqCommand),
+    /// Rehearse failures: inject faults into running processes, poison a queue, verify the
+    /// invariants afterwards.
+    #[command(subcommand)]
+    Chaos(chaos::ChaosCommand),
 }
 
 /// Exit codes scripts can rely on: 0 done, 1 a check or replay found a problem, 2 bad usage
@@ -91,6 +99,7 @@ async fn main() -> std::process::ExitCode {
             .map(|()| std::process::ExitCode::SUCCESS),
         Command::Saga(command) => saga_cli::execute(&cli.settings, command, cli.json).await,
         Command::Dlq(command) => dlq::execute(&cli.settings, command, cli.json).await,
+        Command::Chaos(command) => chaos::execute(&cli.settings, command, cli.json).await,
     };
     outcome.unwrap_or_else(|error| {
         eprintln!("error: {error:#}");

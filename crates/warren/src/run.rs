@@ -8,6 +8,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context;
+use bus::chaos::{self, Faults};
 use bus::rpc::{self, QueryHandler, RpcClient};
 use bus::{Bus, ConsumerSpec, Handler, Topology};
 use clap::{Args, ValueEnum};
@@ -28,6 +29,10 @@ pub struct RunArgs {
     /// What to run (several may be named).
     #[arg(value_enum, default_values_t = [Component::All])]
     components: Vec<Component>,
+    /// Accept injected faults from `warren chaos set` (failure rehearsals only; never in
+    /// production).
+    #[arg(long, env = "WARREN_ALLOW_CHAOS")]
+    allow_chaos: bool,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -103,6 +108,23 @@ pub fn definitions(settings: &Settings) -> anyhow::Result<Vec<Definition>> {
     }
 }
 
+/// The faults a chaos-allowing process can inject, told which messages are compensations and
+/// saga replies by the definitions.
+fn faults(settings: &Settings) -> anyhow::Result<Faults> {
+    let definitions = definitions(settings)?;
+    let compensations = definitions
+        .iter()
+        .flat_map(|d| &d.steps)
+        .filter_map(|step| step.compensation.as_ref())
+        .map(|c| c.command.clone());
+    let replies: Vec<String> = definitions
+        .iter()
+        .flat_map(|d| d.reply_types())
+        .map(str::to_owned)
+        .collect();
+    Ok(Faults::new(compensations, replies))
+}
+
 type Tasks = JoinSet<anyhow::Result<()>>;
 
 /// What every component needs, and how to start each.
@@ -111,6 +133,8 @@ struct Components {
     bus: Bus,
     pool: PgPool,
     shutdown: CancellationToken,
+    /// Present only when the process allows chaos.
+    faults: Option<Arc<Faults>>,
 }
 
 impl Components {
@@ -137,7 +161,9 @@ impl Components {
             .consumer(queue)
             .with_context(|| format!("no consumer queue {queue} in the topology"))?
             .clone();
-        let mut spec = ConsumerSpec::new(queue, component).with_prefetch(prefetch);
+        let mut spec = ConsumerSpec::new(queue, component)
+            .with_prefetch(prefetch)
+            .with_faults(self.faults.clone());
         spec.shutdown_grace = self.settings.shutdown_grace();
         let bus = self.bus.clone();
         let token = self.shutdown.clone();
@@ -153,7 +179,8 @@ impl Components {
             self.pool.clone(),
             self.bus.publisher().await?,
             RelaySettings::default(),
-        );
+        )
+        .with_faults(self.faults.clone());
         let token = self.shutdown.clone();
         tasks.spawn(async move { Ok(relay.run(token).await?) });
         Ok(())
@@ -208,7 +235,10 @@ impl Components {
                 tasks,
                 queue,
                 component.name(),
-                Arc::new(services::payment::handler(pool.clone())),
+                Arc::new(services::payment::handler(
+                    pool.clone(),
+                    self.faults.clone(),
+                )),
             )?,
         }
         self.relay(tasks, schema).await?;
@@ -341,13 +371,29 @@ pub async fn run(settings: &Settings, args: RunArgs) -> anyhow::Result<()> {
         .await
         .context("declaring the broker topology")?;
 
+    let faults = if args.allow_chaos {
+        Some(Arc::new(faults(settings)?))
+    } else {
+        None
+    };
     let context = Components {
         settings: settings.clone(),
         bus: bus.clone(),
         pool: pool.clone(),
         shutdown: CancellationToken::new(),
+        faults: faults.clone(),
     };
     let mut tasks: Tasks = JoinSet::new();
+    if let Some(faults) = faults {
+        let identity = chaos::Identity {
+            components: components.iter().map(|c| c.name().to_owned()).collect(),
+        };
+        let (bus, token) = (bus.clone(), context.shutdown.clone());
+        tasks.spawn(async move {
+            chaos::listen(bus, faults, identity, token).await;
+            Ok(())
+        });
+    }
     for component in &components {
         match component {
             Component::Orchestrator => context.orchestrator(&mut tasks).await?,

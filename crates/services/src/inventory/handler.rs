@@ -61,10 +61,11 @@ async fn upsert_product(
     command: ProductUpsert,
 ) -> Result<Vec<Envelope>, HandlerError> {
     sqlx::query(
-        "INSERT INTO inventory.products (sku, name, price_cents, available) \
-         VALUES ($1, $2, $3, $4) \
+        "INSERT INTO inventory.products (sku, name, price_cents, available, stocked) \
+         VALUES ($1, $2, $3, $4, $4) \
          ON CONFLICT (sku) DO UPDATE SET name = EXCLUDED.name, \
-         price_cents = EXCLUDED.price_cents, available = EXCLUDED.available, updated_at = now()",
+         price_cents = EXCLUDED.price_cents, available = EXCLUDED.available, \
+         stocked = EXCLUDED.available + products.reserved + products.sold, updated_at = now()",
     )
     .bind(&command.sku)
     .bind(&command.name)

@@ -8,7 +8,10 @@
 //! existing charge rows, never locks them: it may already hold the account lock that a refund
 //! holding the charge row waits for.
 
+use std::sync::Arc;
+
 use bus::HandlerError;
+use bus::chaos::Faults;
 use contracts::messages::{
     AccountBalanceSet, AccountSetBalance, PaymentCharge, PaymentCharged, PaymentDeclined,
     PaymentRefund, PaymentRefunded,
@@ -24,8 +27,17 @@ use super::domain::{self, ChargeAgain, ChargeOutcome, ChargeStatus, RefundOutcom
 use crate::handling::{Lock, corrupt, db, decode, unhandled};
 
 /// Applies payment commands to the `payments` tables.
-#[derive(Debug, Clone, Copy, Default)]
-pub struct PaymentHandler;
+#[derive(Debug, Clone, Default)]
+pub struct PaymentHandler {
+    /// Injected declines, in processes that allow chaos.
+    faults: Option<Arc<Faults>>,
+}
+
+impl PaymentHandler {
+    pub fn with_faults(faults: Option<Arc<Faults>>) -> Self {
+        Self { faults }
+    }
+}
 
 impl TxHandler for PaymentHandler {
     async fn apply(
@@ -35,7 +47,10 @@ impl TxHandler for PaymentHandler {
     ) -> Result<Vec<Envelope>, HandlerError> {
         match message.message_type.as_str() {
             AccountSetBalance::TYPE => set_balance(tx, message, decode(message)?).await,
-            PaymentCharge::TYPE => charge(tx, message, decode(message)?).await,
+            PaymentCharge::TYPE => {
+                let faults = self.faults.as_deref();
+                charge(tx, message, decode(message)?, faults).await
+            }
             PaymentRefund::TYPE => refund(tx, message, decode(message)?).await,
             _ => Err(unhandled("the payment service", message)),
         }
@@ -57,9 +72,12 @@ async fn set_balance(
     command: AccountSetBalance,
 ) -> Result<Vec<Envelope>, HandlerError> {
     sqlx::query(
-        "INSERT INTO payments.accounts (customer_id, balance_cents) VALUES ($1, $2) \
+        "INSERT INTO payments.accounts (customer_id, balance_cents, funded_cents) \
+         VALUES ($1, $2, $2) \
          ON CONFLICT (customer_id) DO UPDATE \
-         SET balance_cents = EXCLUDED.balance_cents, updated_at = now()",
+         SET balance_cents = EXCLUDED.balance_cents, updated_at = now(), \
+         funded_cents = EXCLUDED.balance_cents + COALESCE((SELECT sum(amount_cents) \
+             FROM payments.charges WHERE customer_id = $1 AND status = 'charged'), 0)",
     )
     .bind(&command.customer_id)
     .bind(command.balance_cents)
@@ -137,6 +155,7 @@ async fn charge(
     tx: &mut PgConnection,
     message: &Envelope,
     command: PaymentCharge,
+    faults: Option<&Faults>,
 ) -> Result<Vec<Envelope>, HandlerError> {
     let order_id = command.order_id;
     for _ in 0..ROUNDS {
@@ -165,8 +184,14 @@ async fn charge(
         .fetch_optional(&mut *tx)
         .await
         .map_err(db)?;
-        let outcome = domain::decide_charge(&command.customer_id, balance, command.amount_cents)
-            .map_err(|e| HandlerError::Permanent(format!("charge {order_id}: {e}")))?;
+        let outcome = if faults.is_some_and(Faults::declines) {
+            ChargeOutcome::Decline {
+                reason: "declined by an injected fault".into(),
+            }
+        } else {
+            domain::decide_charge(&command.customer_id, balance, command.amount_cents)
+                .map_err(|e| HandlerError::Permanent(format!("charge {order_id}: {e}")))?
+        };
         let customer = Some(command.customer_id.as_str());
         let amount = command.amount_cents;
         match outcome {

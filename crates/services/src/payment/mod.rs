@@ -10,6 +10,9 @@ pub mod queries;
 
 pub use handler::PaymentHandler;
 
+use std::sync::Arc;
+
+use bus::chaos::Faults;
 use sqlx::PgPool;
 use store::Transactional;
 
@@ -21,6 +24,6 @@ pub const PRODUCER: &str = "payment";
 pub const SCHEMA: &str = "payments";
 
 /// The handler wrapped with this service's inbox and outbox, ready for a consumer.
-pub fn handler(pool: PgPool) -> Transactional<PaymentHandler> {
-    Transactional::new(pool, SCHEMA, CONSUMER, PaymentHandler)
+pub fn handler(pool: PgPool, faults: Option<Arc<Faults>>) -> Transactional<PaymentHandler> {
+    Transactional::new(pool, SCHEMA, CONSUMER, PaymentHandler::with_faults(faults))
 }

@@ -26,6 +26,8 @@ pub struct System {
     pub sagas_dir: Option<PathBuf>,
     /// Database connections per process, for work (listeners come on top).
     pub db_pool: u32,
+    /// Start processes with `--allow-chaos`.
+    pub allow_chaos: bool,
     children: Vec<Option<Child>>,
     logs: PathBuf,
 }
@@ -80,6 +82,7 @@ impl System {
             client: reqwest::Client::new(),
             sagas_dir: None,
             db_pool: 8,
+            allow_chaos: false,
             children: Vec::new(),
             logs,
         }
@@ -115,8 +118,46 @@ impl System {
         if let Some(dir) = &self.sagas_dir {
             command.env("WARREN_SAGAS_DIR", dir);
         }
+        if self.allow_chaos {
+            command.env("WARREN_ALLOW_CHAOS", "true");
+        }
         self.children.push(Some(command.spawn().unwrap()));
         index
+    }
+
+    /// Whether a process started by [`System::spawn`] is still running.
+    pub fn alive(&mut self, index: usize) -> bool {
+        self.children[index]
+            .as_mut()
+            .is_some_and(|child| child.try_wait().unwrap().is_none())
+    }
+
+    /// Waits for a process to end on its own; returns how it ended.
+    pub async fn exited(&mut self, index: usize) -> std::process::ExitStatus {
+        let mut child = self.children[index].take().unwrap();
+        testkit::within(PATIENCE, "the process to exit", child.wait())
+            .await
+            .unwrap()
+    }
+
+    /// Runs `warren <args>` against this system's broker and database.
+    pub async fn cli(&self, args: &[&str]) -> Ran {
+        let output = Command::new(env!("CARGO_BIN_EXE_warren"))
+            .args(args)
+            .env("WARREN_AMQP_URL", testkit::amqp_url_for(&self.vhost))
+            .env("WARREN_DATABASE_URL", &self.database_url)
+            .env("WARREN_CONNECT_TIMEOUT_SECS", "10")
+            .env("NO_COLOR", "1")
+            .env("RUST_LOG", "warn")
+            .env_remove("WARREN_SAGAS_DIR")
+            .output()
+            .await
+            .unwrap();
+        Ran {
+            code: output.status.code().unwrap_or(-1),
+            stdout: String::from_utf8_lossy(&output.stdout).into_owned(),
+            stderr: String::from_utf8_lossy(&output.stderr).into_owned(),
+        }
     }
 
     /// Kills a process the hard way (SIGKILL): what it had not acked comes back to others.
@@ -318,6 +359,22 @@ impl System {
 
     pub fn logs(&self) -> &std::path::Path {
         &self.logs
+    }
+}
+
+/// What a `warren` command printed and how it exited.
+#[derive(Debug)]
+pub struct Ran {
+    pub code: i32,
+    pub stdout: String,
+    pub stderr: String,
+}
+
+impl Ran {
+    /// The standard output as JSON (for `--json` commands).
+    pub fn json(&self) -> Value {
+        serde_json::from_str(&self.stdout)
+            .unwrap_or_else(|e| panic!("not JSON ({e}): {}\nstderr: {}", self.stdout, self.stderr))
     }
 }
 
