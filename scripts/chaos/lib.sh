@@ -20,8 +20,9 @@ say() { printf '\n### %s\n' "$*" >&2; }
 
 require_stack() {
   [ -x "$WARREN_BIN" ] || die "no release build: run scripts/dev-up.sh first"
-  curl -sf "$GATEWAY/readyz" >/dev/null || die "the stack is not running at $GATEWAY: run scripts/dev-up.sh first"
-  warren chaos show >/dev/null 2>&1 || die "no process accepts injected faults: restart the stack with scripts/dev-up.sh"
+  # A previous rehearsal may have left the processes reconnecting: give them a minute.
+  wait_for 60 curl -sf "$GATEWAY/readyz" || die "the stack is not ready at $GATEWAY: run scripts/dev-up.sh first"
+  wait_for 60 warren chaos show || die "no process accepts injected faults: restart the stack with scripts/dev-up.sh"
 }
 
 # Five products and twenty customers for this run; the first customer can pay for nothing,

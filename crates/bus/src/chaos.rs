@@ -372,9 +372,12 @@ async fn listen_once(
     shutdown: &CancellationToken,
 ) -> Result<(), BusError> {
     let channel = bus.channel().await?;
+    // Named here, not by the broker: lapin's recovery declares the queue again under its old
+    // name, which the broker refuses for its own `amq.gen-*` names.
+    let name = format!("{}.chaos.{}", bus.name(), uuid::Uuid::now_v7().simple());
     let queue = channel
         .queue_declare(
-            "".into(),
+            name.as_str().into(),
             QueueDeclareOptions {
                 exclusive: true,
                 auto_delete: true,

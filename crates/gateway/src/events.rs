@@ -1,10 +1,15 @@
 //! Live events for server-sent event streams: saga transitions and new notifications.
 //!
-//! One subscription per gateway process: an exclusive, auto-deleted, server-named queue bound
-//! to `saga.evt.#` and `notification.evt.#`, read without acks (these are for watching, not
-//! work) and fanned out to every open stream through broadcast channels.
+//! One subscription per gateway process: an exclusive, auto-deleted queue bound to
+//! `saga.evt.#` and `notification.evt.#`, read without acks (these are for watching, not work)
+//! and fanned out to every open stream through broadcast channels.
+//!
+//! The queue is named by the client, not the broker: lapin's recovery declares a lost queue
+//! again under its old name, which the broker refuses for its own `amq.gen-*` names. Should
+//! recovery fail anyway, the subscription is made again from scratch.
 
 use std::sync::Arc;
+use std::time::Duration;
 
 use bus::{Bus, BusError};
 use contracts::messages::{NotificationCreated, SagaUpdated};
@@ -12,12 +17,16 @@ use contracts::{Message, routing};
 use futures_util::StreamExt;
 use lapin::options::{BasicConsumeOptions, QueueBindOptions, QueueDeclareOptions};
 use lapin::types::FieldTable;
+use lapin::{Channel, Consumer};
 use tokio::sync::broadcast;
 use tokio_util::sync::CancellationToken;
-use tracing::{debug, warn};
+use tracing::{debug, info, warn};
+use uuid::Uuid;
 
 /// How many events a slow stream may fall behind before it misses some.
 const BACKLOG: usize = 4096;
+/// How long to wait between attempts to subscribe again.
+const RESUBSCRIBE: Duration = Duration::from_secs(1);
 
 #[derive(Debug, Clone)]
 pub struct LiveEvents {
@@ -28,69 +37,52 @@ pub struct LiveEvents {
 impl LiveEvents {
     /// Subscribes to the live events and starts fanning them out until `shutdown`.
     pub async fn start(bus: &Bus, shutdown: CancellationToken) -> Result<Self, BusError> {
-        let channel = bus.channel().await?;
-        let queue = channel
-            .queue_declare(
-                "".into(),
-                QueueDeclareOptions {
-                    exclusive: true,
-                    auto_delete: true,
-                    ..QueueDeclareOptions::default()
-                },
-                FieldTable::default(),
-            )
-            .await
-            .map_err(BusError::amqp("queue.declare"))?;
-        for key in ["saga.evt.#", "notification.evt.#"] {
-            channel
-                .queue_bind(
-                    queue.name().clone(),
-                    routing::EXCHANGE.into(),
-                    key.into(),
-                    QueueBindOptions::default(),
-                    FieldTable::default(),
-                )
-                .await
-                .map_err(BusError::amqp("queue.bind"))?;
-        }
-        let mut consumer = channel
-            .basic_consume(
-                queue.name().clone(),
-                "gateway-live-events".into(),
-                BasicConsumeOptions {
-                    no_ack: true,
-                    exclusive: true,
-                    ..BasicConsumeOptions::default()
-                },
-                FieldTable::default(),
-            )
-            .await
-            .map_err(BusError::amqp("basic.consume"))?;
+        let subscription = subscribe(bus).await?;
         let (sagas, _) = broadcast::channel(BACKLOG);
         let (notifications, _) = broadcast::channel(BACKLOG);
         let events = Self {
             sagas,
             notifications,
         };
-        let fan_out = events.clone();
-        tokio::spawn(async move {
-            loop {
+        tokio::spawn(events.clone().fan_out(bus.clone(), subscription, shutdown));
+        Ok(events)
+    }
+
+    async fn fan_out(
+        self,
+        bus: Bus,
+        mut subscription: (Channel, Consumer),
+        shutdown: CancellationToken,
+    ) {
+        loop {
+            let (channel, mut consumer) = subscription;
+            let lost = loop {
                 tokio::select! {
-                    () = shutdown.cancelled() => break,
+                    () = shutdown.cancelled() => return,
                     next = consumer.next() => match next {
-                        Some(Ok(delivery)) => fan_out.dispatch(&delivery.properties, &delivery.data),
+                        Some(Ok(delivery)) => self.dispatch(&delivery.properties, &delivery.data),
                         Some(Err(error)) => {
                             if let Err(error) = channel.wait_for_recovery(error).await {
-                                warn!(%error, "saga event subscription lost");
-                                break;
+                                break error.to_string();
                             }
                         }
-                        None => break,
+                        None => break "the broker cancelled the consumer".to_owned(),
                     }
                 }
-            }
-        });
-        Ok(events)
+            };
+            warn!(%lost, "live event subscription lost; subscribing again");
+            subscription = loop {
+                tokio::select! {
+                    () = shutdown.cancelled() => return,
+                    () = tokio::time::sleep(RESUBSCRIBE) => {}
+                }
+                match subscribe(&bus).await {
+                    Ok(subscription) => break subscription,
+                    Err(error) => warn!(%error, "cannot subscribe to live events yet"),
+                }
+            };
+            info!("live events subscribed again");
+        }
     }
 
     fn dispatch(&self, properties: &lapin::BasicProperties, body: &[u8]) {
@@ -121,4 +113,48 @@ impl LiveEvents {
     pub fn notifications(&self) -> broadcast::Receiver<Arc<NotificationCreated>> {
         self.notifications.subscribe()
     }
+}
+
+/// Declares this process's live event queue, binds it and starts consuming.
+async fn subscribe(bus: &Bus) -> Result<(Channel, Consumer), BusError> {
+    let channel = bus.channel().await?;
+    let name = format!("{}.live-events.{}", bus.name(), Uuid::now_v7().simple());
+    channel
+        .queue_declare(
+            name.as_str().into(),
+            QueueDeclareOptions {
+                exclusive: true,
+                auto_delete: true,
+                ..QueueDeclareOptions::default()
+            },
+            FieldTable::default(),
+        )
+        .await
+        .map_err(BusError::amqp("queue.declare"))?;
+    for key in ["saga.evt.#", "notification.evt.#"] {
+        channel
+            .queue_bind(
+                name.as_str().into(),
+                routing::EXCHANGE.into(),
+                key.into(),
+                QueueBindOptions::default(),
+                FieldTable::default(),
+            )
+            .await
+            .map_err(BusError::amqp("queue.bind"))?;
+    }
+    let consumer = channel
+        .basic_consume(
+            name.as_str().into(),
+            "gateway-live-events".into(),
+            BasicConsumeOptions {
+                no_ack: true,
+                exclusive: true,
+                ..BasicConsumeOptions::default()
+            },
+            FieldTable::default(),
+        )
+        .await
+        .map_err(BusError::amqp("basic.consume"))?;
+    Ok((channel, consumer))
 }

@@ -196,6 +196,143 @@ async fn a_crash_between_commit_and_ack_takes_effect_once() {
     system.stop().await;
 }
 
+#[tokio::test]
+async fn latency_slows_only_the_message_types_named() {
+    let mut system = System::new().await;
+    system.allow_chaos = true;
+    system.spawn(&["all"]);
+    system.ready().await;
+    seed(&system, 2).await;
+    let set = system
+        .cli(&[
+            "chaos",
+            "set",
+            "--latency",
+            "600ms",
+            "--latency-type",
+            "payment.cmd.*",
+        ])
+        .await;
+    assert_eq!(set.code, 0, "{set:?}");
+
+    let id = submit(&system, "c-1", "SKU-2", "slow").await;
+    let saga = system.follow(&id).await.pop().unwrap();
+    assert_eq!(saga["state"], "completed", "{saga}");
+    let took = |name: &str| {
+        let step = saga["steps"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|s| s["name"] == name)
+            .unwrap();
+        let at = |field: &str| {
+            chrono::DateTime::parse_from_rfc3339(step[field].as_str().unwrap()).unwrap()
+        };
+        (at("finished_at") - at("started_at")).num_milliseconds()
+    };
+    assert!(took("charge_payment") >= 600, "{saga}");
+    assert!(took("create_order") < 600, "{saga}");
+    let show = system.cli(&["--json", "chaos", "show"]).await.json();
+    assert_eq!(injected(&show, "delays"), 1);
+    system.stop().await;
+}
+
+#[tokio::test]
+async fn a_compensation_outage_is_retried_through() {
+    let mut system = System::new().await;
+    system.allow_chaos = true;
+    quick_sagas(&mut system);
+    system.spawn(&["all"]);
+    system.ready().await;
+    seed(&system, 2).await;
+    let set = system
+        .cli(&[
+            "chaos",
+            "set",
+            "--decline-rate",
+            "1",
+            "--fail-compensations-for",
+            "3s",
+        ])
+        .await;
+    assert_eq!(set.code, 0, "{set:?}");
+
+    let id = submit(&system, "c-1", "SKU-1", "outage").await;
+    let saga = system.follow(&id).await.pop().unwrap();
+    assert_eq!(saga["state"], "compensated", "{saga}");
+    let show = system.cli(&["--json", "chaos", "show"]).await.json();
+    assert!(injected(&show, "failed_compensations") >= 1, "{show:#}");
+    assert_eq!(system.cli(&["chaos", "clear"]).await.code, 0);
+    verify_report(
+        &system
+            .cli(&["--json", "chaos", "verify", "--wait", "30s"])
+            .await,
+    );
+    system.stop().await;
+}
+
+#[tokio::test]
+async fn verify_names_the_invariant_a_change_breaks() {
+    let mut system = System::new().await;
+    system.spawn(&["all"]);
+    system.ready().await;
+    seed(&system, 2).await;
+    let id = submit(&system, "c-1", "SKU-1", "sound").await;
+    system.follow(&id).await;
+    verify_report(
+        &system
+            .cli(&["--json", "chaos", "verify", "--wait", "30s"])
+            .await,
+    );
+
+    // Stock that vanished, and money taken without a charge.
+    for sql in [
+        "UPDATE inventory.products SET available = available - 1 WHERE sku = 'SKU-3'",
+        "UPDATE payments.accounts SET balance_cents = balance_cents - 1 WHERE customer_id = 'c-1'",
+    ] {
+        sqlx::query(sql).execute(&system.pool).await.unwrap();
+    }
+    let ran = system.cli(&["--json", "chaos", "verify"]).await;
+    assert_eq!(ran.code, 1, "{ran:?}");
+    let report = ran.json();
+    let broken: Vec<&str> = report["checks"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|c| c["holds"] == false)
+        .map(|c| c["name"].as_str().unwrap())
+        .collect();
+    assert_eq!(broken, ["stock conserved", "money conserved"], "{report:#}");
+    system.stop().await;
+}
+
+#[tokio::test]
+async fn live_streams_and_fault_controls_survive_dropped_connections() {
+    let mut system = System::new().await;
+    system.allow_chaos = true;
+    system.spawn(&["all"]);
+    system.ready().await;
+    seed(&system, 2).await;
+
+    assert!(testkit::close_vhost_connections(&system.vhost).await >= 1);
+    system.ready().await;
+    let mut stream = system
+        .stream("/v1/notifications/stream?customer_id=c-1")
+        .await;
+    let id = submit(&system, "c-1", "SKU-4", "after-the-drop").await;
+    let notification = testkit::within(support::PATIENCE, "a live notification", stream.next())
+        .await
+        .unwrap();
+    assert_eq!(notification["kind"], "order_confirmed", "{notification}");
+    assert_eq!(
+        system.follow(&id).await.pop().unwrap()["state"],
+        "completed"
+    );
+    let show = system.cli(&["--json", "chaos", "show"]).await;
+    assert_eq!(show.code, 0, "the control queue came back: {show:?}");
+    system.stop().await;
+}
+
 /// The checkout definition with short timeouts, so lost replies are noticed quickly.
 fn quick_sagas(system: &mut System) {
     let dir = system.logs().join("sagas");
