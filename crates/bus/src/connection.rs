@@ -125,6 +125,33 @@ impl Bus {
         Ok(Publisher::new(channel))
     }
 
+    /// Completes once the connection is gone for good: closed, failed, or down for longer than
+    /// `patience` while lapin's recovery makes no progress.
+    pub async fn lost(&self, patience: Duration) {
+        let mut down_since: Option<tokio::time::Instant> = None;
+        loop {
+            tokio::time::sleep(Duration::from_millis(500)).await;
+            let status = self.connection.status();
+            if status.errored() || status.closed() {
+                warn!(errored = status.errored(), "the broker connection is gone");
+                return;
+            }
+            if status.connected() {
+                down_since = None;
+                continue;
+            }
+            let since = *down_since.get_or_insert_with(tokio::time::Instant::now);
+            if since.elapsed() > patience {
+                warn!(
+                    reconnecting = status.reconnecting(),
+                    ?patience,
+                    "the broker connection has not recovered"
+                );
+                return;
+            }
+        }
+    }
+
     /// Whether the connection is up right now (for readiness probes).
     pub fn is_connected(&self) -> bool {
         self.connection.status().connected()

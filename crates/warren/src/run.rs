@@ -19,7 +19,7 @@ use sqlx::PgPool;
 use store::{Relay, RelaySettings, Transactional};
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
-use tracing::{error, info};
+use tracing::{error, info, warn};
 
 use crate::queries::{Service, ServiceQueries};
 use crate::settings::Settings;
@@ -365,17 +365,100 @@ pub async fn run(settings: &Settings, args: RunArgs) -> anyhow::Result<()> {
     let mut db = settings.db();
     db.max_connections += listeners;
     let pool = store::connect(&db).await?;
-    let bus = Bus::connect(&settings.bus(&label)).await?;
-    Topology::standard()
-        .declare(&bus.channel().await?)
-        .await
-        .context("declaring the broker topology")?;
-
+    // Faults outlive a reconnection: what an operator set stays set.
     let faults = if args.allow_chaos {
         Some(Arc::new(faults(settings)?))
     } else {
         None
     };
+    let stop = CancellationToken::new();
+    tokio::spawn({
+        let stop = stop.clone();
+        async move {
+            signal().await;
+            stop.cancel();
+        }
+    });
+
+    let mut bus = Bus::connect(&settings.bus(&label)).await?;
+    let outcome = loop {
+        let (context, mut tasks) = match start(settings, &components, &bus, &pool, &faults).await {
+            Ok(started) => started,
+            Err(error) if !bus.is_connected() => {
+                warn!(error = %format!("{error:#}"), "cannot start the components while the broker is away");
+                bus = reconnect(settings, &label, &bus, &stop).await?;
+                continue;
+            }
+            Err(error) => break Err(error),
+        };
+        info!(components = %label, "warren running");
+        let ended = tokio::select! {
+            () = stop.cancelled() => Ended::Stopped,
+            Some(finished) = tasks.join_next() => Ended::Failed(finished),
+            () = bus.lost(LOST_AFTER) => Ended::BrokerLost,
+        };
+        context.shutdown.cancel();
+        // Without a connection nothing in hand can be acked: no use waiting long for it.
+        let grace = match ended {
+            Ended::BrokerLost => Duration::from_secs(2),
+            _ => settings.shutdown_grace() + Duration::from_secs(1),
+        };
+        if tokio::time::timeout(grace, async { while tasks.join_next().await.is_some() {} })
+            .await
+            .is_err()
+        {
+            error!("components did not stop within the grace period");
+        }
+        match ended {
+            Ended::Stopped => break Ok(()),
+            // A component that fails while the connection is down is one more sign of it.
+            Ended::BrokerLost | Ended::Failed(_) if !bus.is_connected() => {
+                error!(
+                    "the broker connection did not recover; reconnecting and restarting the components"
+                );
+                bus = reconnect(settings, &label, &bus, &stop).await?;
+            }
+            Ended::BrokerLost => {}
+            Ended::Failed(finished) => {
+                error!(?finished, "a component stopped on its own; shutting down");
+                break match finished {
+                    Ok(Err(error)) => Err(error),
+                    Err(join) => Err(join.into()),
+                    Ok(Ok(())) => Ok(()),
+                };
+            }
+        }
+    };
+    bus.close().await;
+    pool.close().await;
+    info!("warren stopped");
+    outcome
+}
+
+/// How long the broker connection may stay down, recovering by itself, before the components
+/// are restarted on a new one. lapin gives up for good when its recovery meets an error it
+/// does not retry (a queue not yet back after a broker restart, say), and its consumers then
+/// wait for ever.
+const LOST_AFTER: Duration = Duration::from_secs(15);
+
+enum Ended {
+    Stopped,
+    Failed(Result<anyhow::Result<()>, tokio::task::JoinError>),
+    BrokerLost,
+}
+
+/// Starts every component on `bus`; the returned context's token stops them.
+async fn start(
+    settings: &Settings,
+    components: &[Component],
+    bus: &Bus,
+    pool: &PgPool,
+    faults: &Option<Arc<Faults>>,
+) -> anyhow::Result<(Components, Tasks)> {
+    Topology::standard()
+        .declare(&bus.channel().await?)
+        .await
+        .context("declaring the broker topology")?;
     let context = Components {
         settings: settings.clone(),
         bus: bus.clone(),
@@ -384,7 +467,7 @@ pub async fn run(settings: &Settings, args: RunArgs) -> anyhow::Result<()> {
         faults: faults.clone(),
     };
     let mut tasks: Tasks = JoinSet::new();
-    if let Some(faults) = faults {
+    if let Some(faults) = faults.clone() {
         let identity = chaos::Identity {
             components: components.iter().map(|c| c.name().to_owned()).collect(),
         };
@@ -394,39 +477,44 @@ pub async fn run(settings: &Settings, args: RunArgs) -> anyhow::Result<()> {
             Ok(())
         });
     }
-    for component in &components {
-        match component {
-            Component::Orchestrator => context.orchestrator(&mut tasks).await?,
-            Component::Gateway => context.gateway(&mut tasks).await?,
-            Component::Notification => context.notification(&mut tasks).await?,
-            Component::Image => context.image(&mut tasks).await?,
-            service => context.service(&mut tasks, *service).await?,
+    for component in components {
+        let started = match component {
+            Component::Orchestrator => context.orchestrator(&mut tasks).await,
+            Component::Gateway => context.gateway(&mut tasks).await,
+            Component::Notification => context.notification(&mut tasks).await,
+            Component::Image => context.image(&mut tasks).await,
+            service => context.service(&mut tasks, *service).await,
+        };
+        if let Err(error) = started {
+            context.shutdown.cancel();
+            while tasks.join_next().await.is_some() {}
+            return Err(error);
         }
     }
+    Ok((context, tasks))
+}
 
-    info!(components = %label, "warren running");
-    let failure = tokio::select! {
-        () = signal() => None,
-        Some(finished) = tasks.join_next() => Some(finished),
-    };
-    if let Some(finished) = &failure {
-        error!(?finished, "a component stopped on its own; shutting down");
-    }
-    context.shutdown.cancel();
-    let grace = settings.shutdown_grace() + Duration::from_secs(1);
-    if tokio::time::timeout(grace, async { while tasks.join_next().await.is_some() {} })
-        .await
-        .is_err()
-    {
-        error!("components did not stop within the grace period");
-    }
-    bus.close().await;
-    pool.close().await;
-    info!("warren stopped");
-    match failure {
-        Some(Ok(Err(error))) => Err(error),
-        Some(Err(join)) => Err(join.into()),
-        _ => Ok(()),
+/// A new connection in place of a lost one, tried until it works or the process is stopped.
+async fn reconnect(
+    settings: &Settings,
+    label: &str,
+    lost: &Bus,
+    stop: &CancellationToken,
+) -> anyhow::Result<Bus> {
+    lost.close().await;
+    let bus_settings = settings.bus(label);
+    loop {
+        tokio::select! {
+            () = stop.cancelled() => anyhow::bail!("stopped while reconnecting to the broker"),
+            connected = Bus::connect(&bus_settings) => match connected {
+                Ok(bus) => return Ok(bus),
+                Err(error) => warn!(%error, "the broker is still away; trying again"),
+            },
+        }
+        tokio::select! {
+            () = stop.cancelled() => anyhow::bail!("stopped while reconnecting to the broker"),
+            () = tokio::time::sleep(Duration::from_secs(1)) => {}
+        }
     }
 }
 

@@ -56,6 +56,7 @@ pub async fn verify(pool: &PgPool, bus: Option<&Bus>) -> anyhow::Result<Report> 
     let mut figures = Figures::default();
     let mut checks = vec![
         sagas_terminal(pool, &mut figures).await?,
+        no_saga_failed(pool).await?,
         stock_conserved(pool).await?,
         reservations_match_stock(pool).await?,
         money_conserved(pool).await?,
@@ -159,6 +160,19 @@ async fn sagas_terminal(pool: &PgPool, figures: &mut Figures) -> anyhow::Result<
     })
 }
 
+async fn no_saga_failed(pool: &PgPool) -> anyhow::Result<Check> {
+    rule(
+        pool,
+        "no saga waiting for an operator",
+        "failed sagas: a compensation ran out of attempts (see `warren saga show`, then \
+         `warren saga retry`)",
+        "SELECT format('saga %s (%s) at %s: %s', saga_id, definition, coalesce(current_step, '-'), \
+                       coalesce(state->>'error', '')) \
+         FROM sagas.sagas WHERE status = 'failed' ORDER BY created_at",
+    )
+    .await
+}
+
 async fn stock_conserved(pool: &PgPool) -> anyhow::Result<Check> {
     rule(
         pool,
@@ -226,7 +240,8 @@ async fn cancelled_orders_keep_nothing(pool: &PgPool) -> anyhow::Result<Check> {
     rule(
         pool,
         "nothing held for orders not confirmed",
-        "charges or reservations standing for orders that are not confirmed",
+        "charges or reservations standing for orders that are not confirmed (failed sagas \
+         aside: they wait for an operator)",
         "SELECT format('order %s (%s): charge %s, reservation %s', order_id, \
                        coalesce(o.status, 'unknown'), coalesce(c.status, 'none'), \
                        coalesce(r.status, 'none')) \
@@ -236,7 +251,7 @@ async fn cancelled_orders_keep_nothing(pool: &PgPool) -> anyhow::Result<Check> {
          WHERE o.status IS DISTINCT FROM 'confirmed' \
            AND (c.status = 'charged' OR r.status IN ('reserved', 'committed')) \
            AND NOT EXISTS (SELECT 1 FROM sagas.sagas s \
-                           WHERE s.status IN ('running', 'compensating') \
+                           WHERE s.status IN ('running', 'compensating', 'failed') \
                              AND s.state->'context'->>'order_id' = order_id::text)",
     )
     .await
