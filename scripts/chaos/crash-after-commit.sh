@@ -5,15 +5,18 @@
 set -euo pipefail
 source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
 require_stack
+# Whatever happens, leave a payment worker running.
+trap 'component_running payment || start_component payment' EXIT
 seed
-start_load 200
 for round in 1 2 3; do
   say "payment crashes after its next commit (round $round)"
   warren chaos set --target payment --crash-rate 1 >/dev/null
+  start_load 50 $((round * 100))
   wait_dead payment 60 || die "the payment worker did not crash"
+  say "payment crashed; restarting it (a restarted process injects nothing)"
   rm -f "$(pidfile payment)"
   start_component payment
   wait_for 30 warren chaos show --target payment || die "the payment worker did not come back"
+  wait_load
 done
-wait_load
 verify

@@ -60,12 +60,13 @@ checkout() {
 export -f checkout
 export GATEWAY RUN
 
-# Submits $1 checkouts, 16 at a time, in the background; `wait_load` waits for them.
+# Submits $1 checkouts (numbered from $2, default 1), 16 at a time, in the background;
+# `wait_load` waits for them.
 LOAD_PID=
 start_load() {
-  local count=$1
+  local count=$1 first=${2:-1}
   say "submitting $count checkouts (16 at a time)"
-  seq 1 "$count" | xargs -P 16 -I{} bash -c 'checkout {}' &
+  seq "$first" $((first + count - 1)) | xargs -P 16 -I{} bash -c 'checkout {}' &
   LOAD_PID=$!
 }
 wait_load() {

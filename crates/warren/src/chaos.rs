@@ -10,7 +10,7 @@ use std::time::Duration;
 use anyhow::Context;
 use bus::Bus;
 use bus::chaos::{self, Action, Control, FaultPatch, ProcessFaults};
-use bus::topology::Topology;
+use bus::topology::{Topology, topic_matches};
 use clap::{Args, Subcommand};
 use contracts::routing;
 use lapin::BasicProperties;
@@ -314,12 +314,13 @@ async fn poison(settings: &Settings, queue: &str, json: bool) -> anyhow::Result<
         return Ok(ExitCode::from(exit::NOT_FOUND));
     };
     // A type the queue takes, so the message is a plausible one gone bad.
-    let message_type = consumer
-        .bindings
-        .iter()
-        .find(|key| !key.contains(['*', '#']))
-        .cloned()
-        .unwrap_or_else(|| "chaos.cmd.poison".into());
+    let schemas = contracts::Schemas::embedded();
+    let message_type = schemas
+        .types()
+        .filter(|t| consumer.bindings.iter().any(|key| topic_matches(key, t)))
+        .min()
+        .unwrap_or("chaos.cmd.poison")
+        .to_owned();
     let Some(bus) = connect(settings).await? else {
         return Ok(ExitCode::from(exit::UNREACHABLE));
     };
