@@ -7,10 +7,12 @@
 //! - [`topology`]: applying and exporting the broker layout.
 //! - [`saga_cli`]: `warren saga ...`, seeing, replaying and repairing sagas.
 //! - [`dlq`]: `warren dlq ...`, parked messages.
+//! - [`bench`]: `warren bench`, saga throughput and latency next to the broker's floor.
 //! - [`chaos`]: `warren chaos ...`, injected faults, poison messages and the invariants check
 //!   ([`verify`]).
 //! - [`output`]: tables, colour and JSON for operators.
 
+mod bench;
 mod chaos;
 mod dlq;
 mod output;
@@ -62,6 +64,8 @@ enum Command {
     /// invariants afterwards.
     #[command(subcommand)]
     Chaos(chaos::ChaosCommand),
+    /// Measure checkout sagas per second and their latency against the running system.
+    Bench(bench::BenchArgs),
 }
 
 /// Exit codes scripts can rely on: 0 done, 1 a check or replay found a problem, 2 bad usage
@@ -100,6 +104,7 @@ async fn main() -> std::process::ExitCode {
         Command::Saga(command) => saga_cli::execute(&cli.settings, command, cli.json).await,
         Command::Dlq(command) => dlq::execute(&cli.settings, command, cli.json).await,
         Command::Chaos(command) => chaos::execute(&cli.settings, command, cli.json).await,
+        Command::Bench(args) => bench::execute(&cli.settings, args, cli.json).await,
     };
     outcome.unwrap_or_else(|error| {
         eprintln!("error: {error:#}");

@@ -142,22 +142,17 @@ impl System {
 
     /// Runs `warren <args>` against this system's broker and database.
     pub async fn cli(&self, args: &[&str]) -> Ran {
-        let output = Command::new(env!("CARGO_BIN_EXE_warren"))
-            .args(args)
-            .env("WARREN_AMQP_URL", testkit::amqp_url_for(&self.vhost))
-            .env("WARREN_DATABASE_URL", &self.database_url)
-            .env("WARREN_CONNECT_TIMEOUT_SECS", "10")
-            .env("NO_COLOR", "1")
-            .env("RUST_LOG", "warn")
-            .env_remove("WARREN_SAGAS_DIR")
-            .output()
-            .await
-            .unwrap();
-        Ran {
-            code: output.status.code().unwrap_or(-1),
-            stdout: String::from_utf8_lossy(&output.stdout).into_owned(),
-            stderr: String::from_utf8_lossy(&output.stderr).into_owned(),
-        }
+        Ran::of(
+            Command::new(env!("CARGO_BIN_EXE_warren"))
+                .args(args)
+                .env("WARREN_AMQP_URL", testkit::amqp_url_for(&self.vhost))
+                .env("WARREN_DATABASE_URL", &self.database_url)
+                .env("WARREN_CONNECT_TIMEOUT_SECS", "10")
+                .env("NO_COLOR", "1")
+                .env("RUST_LOG", "warn")
+                .env_remove("WARREN_SAGAS_DIR"),
+        )
+        .await
     }
 
     /// Kills a process the hard way (SIGKILL): what it had not acked comes back to others.
@@ -371,6 +366,16 @@ pub struct Ran {
 }
 
 impl Ran {
+    /// Runs a prepared command to the end.
+    pub async fn of(command: &mut Command) -> Self {
+        let output = command.output().await.unwrap();
+        Self {
+            code: output.status.code().unwrap_or(-1),
+            stdout: String::from_utf8_lossy(&output.stdout).into_owned(),
+            stderr: String::from_utf8_lossy(&output.stderr).into_owned(),
+        }
+    }
+
     /// The standard output as JSON (for `--json` commands).
     pub fn json(&self) -> Value {
         serde_json::from_str(&self.stdout)

@@ -1,0 +1,704 @@
+//! `warren bench`: how many checkout sagas per second the running system completes, and how long
+//! each takes from submission to its final state, next to what the broker alone can do.
+//!
+//! It seeds products and customers of its own (a chosen share of the customers cannot pay),
+//! submits checkouts with bounded concurrency (closed loop) or at a fixed rate (open loop),
+//! through the gateway or straight to the broker, and learns that a saga ended from the
+//! `saga.evt.updated` events, as the gateway's live streams do. Then it checks the invariants
+//! and measures the broker floor: confirmed, persistent publish-and-consume on a quorum queue.
+
+use std::collections::HashMap;
+use std::io::IsTerminal;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::Duration;
+
+use anyhow::Context;
+use bus::{Bus, Outgoing, Publisher};
+use clap::{Args, ValueEnum};
+use contracts::messages::{AccountSetBalance, ProductUpsert, SagaStart, SagaUpdated};
+use contracts::{Envelope, Message, routing};
+use futures_util::StreamExt;
+use indicatif::{ProgressBar, ProgressStyle};
+use lapin::options::{
+    BasicAckOptions, BasicConsumeOptions, BasicQosOptions, QueueBindOptions, QueueDeclareOptions,
+    QueueDeleteOptions,
+};
+use lapin::types::{AMQPValue, FieldTable, LongString};
+use serde::Serialize;
+use serde_json::json;
+use sqlx::PgPool;
+use tokio::sync::{Notify, Semaphore};
+use tokio::time::Instant;
+use uuid::Uuid;
+
+use crate::output::{self, paint};
+use crate::settings::Settings;
+use crate::verify::{self, Report};
+use crate::{dlq, exit};
+
+#[derive(Debug, Args)]
+pub struct BenchArgs {
+    /// How many checkouts to run.
+    #[arg(long, default_value_t = 2_000)]
+    checkouts: usize,
+    /// Closed loop: at most this many sagas under way at once.
+    #[arg(long, default_value_t = 64)]
+    concurrency: usize,
+    /// Open loop: submit this many checkouts per second, whatever the system's pace.
+    #[arg(long, value_name = "PER_SECOND")]
+    rate: Option<f64>,
+    /// Share of the checkouts that must be declined (their customers cannot pay).
+    #[arg(long, default_value_t = 0.1, value_name = "SHARE")]
+    decline_share: f64,
+    /// Submit through the HTTP gateway or publish the saga starts on the broker.
+    #[arg(long, value_enum, default_value_t = Via::Broker)]
+    via: Via,
+    /// The gateway, for `--via http`.
+    #[arg(long, default_value = "http://127.0.0.1:8080")]
+    gateway: String,
+    /// Messages for the broker floor measurement (0 skips it).
+    #[arg(long, default_value_t = 20_000)]
+    floor_messages: usize,
+    /// Give up waiting for the sagas after this long, e.g. `300s`.
+    #[arg(long, value_parser = saga::duration::parse, default_value = "300s")]
+    timeout: Duration,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Via {
+    Broker,
+    Http,
+}
+
+/// Customers per run; `decline_share` of them have no money, spread so that any run of
+/// consecutive checkouts (which take customers in turn) holds that share of declines.
+const CUSTOMERS: usize = 100;
+const PRODUCTS: usize = 20;
+
+fn cannot_pay(customer: usize, share: f64) -> bool {
+    ((customer + 1) as f64 * share).floor() > (customer as f64 * share).floor()
+}
+
+pub async fn execute(
+    settings: &Settings,
+    args: BenchArgs,
+    json: bool,
+) -> anyhow::Result<std::process::ExitCode> {
+    if args.checkouts == 0 || args.concurrency == 0 || !(0.0..=1.0).contains(&args.decline_share) {
+        eprintln!("error: --checkouts and --concurrency must be positive, --decline-share 0 to 1");
+        return Ok(std::process::ExitCode::from(2));
+    }
+    if args
+        .rate
+        .is_some_and(|rate| !rate.is_finite() || rate <= 0.0)
+    {
+        eprintln!("error: --rate must be positive");
+        return Ok(std::process::ExitCode::from(2));
+    }
+    let Ok(bus) = dlq::connect(settings)
+        .await
+        .inspect_err(|e| eprintln!("error: {e:#}"))
+    else {
+        return Ok(std::process::ExitCode::from(exit::UNREACHABLE));
+    };
+    let mut db = settings.db();
+    db.max_connections = 2;
+    let pool = store::connect(&db)
+        .await
+        .context("connecting to PostgreSQL")?;
+    let outcome = bench(&bus, &pool, &args, json).await;
+    bus.close().await;
+    pool.close().await;
+    let results = outcome?;
+    if json {
+        output::json(&results)?;
+    } else {
+        print(&results);
+    }
+    Ok(if results.invariants.holds && results.timed_out == 0 {
+        std::process::ExitCode::SUCCESS
+    } else {
+        std::process::ExitCode::from(exit::PROBLEM)
+    })
+}
+
+#[derive(Debug, Serialize)]
+struct Results {
+    checkouts: usize,
+    via: Via,
+    mode: String,
+    decline_share: f64,
+    sagas_per_second: f64,
+    elapsed_seconds: f64,
+    latency_ms: Percentiles,
+    outcomes: HashMap<String, usize>,
+    timed_out: usize,
+    broker_floor_messages_per_second: Option<f64>,
+    /// Saga throughput over the broker floor.
+    saga_to_floor_ratio: Option<f64>,
+    invariants: Report,
+}
+
+#[derive(Debug, Default, Serialize)]
+struct Percentiles {
+    p50: f64,
+    p90: f64,
+    p99: f64,
+    max: f64,
+}
+
+impl Percentiles {
+    fn of(mut latencies: Vec<Duration>) -> Self {
+        if latencies.is_empty() {
+            return Self::default();
+        }
+        latencies.sort();
+        let at = |q: f64| {
+            let rank = ((latencies.len() as f64) * q).ceil() as usize;
+            latencies[rank.clamp(1, latencies.len()) - 1].as_secs_f64() * 1000.0
+        };
+        Self {
+            p50: at(0.50),
+            p90: at(0.90),
+            p99: at(0.99),
+            max: at(1.0),
+        }
+    }
+}
+
+async fn bench(bus: &Bus, pool: &PgPool, args: &BenchArgs, json: bool) -> anyhow::Result<Results> {
+    let run = Uuid::now_v7().simple().to_string()[20..].to_owned();
+    let publisher = bus.publisher().await?;
+    seed(&publisher, pool, &run, args.decline_share).await?;
+    let declining = (0..CUSTOMERS)
+        .filter(|&c| cannot_pay(c, args.decline_share))
+        .count();
+
+    let tracker = Arc::new(Tracker::new(args.checkouts, args.concurrency));
+    let events = tokio::spawn(follow(bus.clone(), Arc::clone(&tracker), run.clone()).await?);
+    let progress = if json || !std::io::stderr().is_terminal() {
+        ProgressBar::hidden()
+    } else {
+        ProgressBar::new(args.checkouts as u64)
+    };
+    progress.set_style(
+        ProgressStyle::with_template("{bar:40} {pos}/{len} sagas ended  {per_sec}  {elapsed}")
+            .unwrap_or_else(|_| ProgressStyle::default_bar()),
+    );
+    *tracker
+        .progress
+        .lock()
+        .unwrap_or_else(PoisonError::into_inner) = Some(progress.clone());
+
+    let client = reqwest::Client::new();
+    let started = Instant::now();
+    let mut ticks = args.rate.map(|rate| {
+        let mut ticks = tokio::time::interval(Duration::from_secs_f64(1.0 / rate));
+        ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Burst);
+        ticks
+    });
+    for i in 0..args.checkouts {
+        match ticks.as_mut() {
+            Some(ticks) => {
+                ticks.tick().await;
+            }
+            None => tracker.slots.acquire().await?.forget(),
+        }
+        let customer = format!("bench-{run}-{}", i % CUSTOMERS);
+        let sku = format!("BENCH-{run}-{}", i % PRODUCTS);
+        let (tracker, publisher, client) =
+            (Arc::clone(&tracker), publisher.clone(), client.clone());
+        let (via, gateway) = (args.via, args.gateway.clone());
+        tokio::spawn(async move {
+            let submitted = Instant::now();
+            let outcome = match via {
+                Via::Broker => {
+                    let saga_id = Uuid::now_v7();
+                    tracker.submitted(saga_id, submitted);
+                    publish_start(&publisher, saga_id, &customer, &sku).await
+                }
+                Via::Http => post_checkout(&client, &gateway, &customer, &sku)
+                    .await
+                    .map(|saga_id| tracker.submitted(saga_id, submitted)),
+            };
+            if let Err(error) = outcome {
+                tracker.failed_submission(&error);
+            }
+        });
+    }
+    let all_ended = tokio::time::timeout(args.timeout, tracker.all_ended()).await;
+    let elapsed = tracker.last_end().unwrap_or_else(Instant::now) - started;
+    progress.finish_and_clear();
+    events.abort();
+    let (latencies, outcomes, errors) = tracker.results();
+    if let Some(error) = errors.first() {
+        eprintln!(
+            "warning: {} submissions failed, the first: {error}",
+            errors.len()
+        );
+    }
+    let ended: usize = outcomes.values().sum();
+    let timed_out = if all_ended.is_err() {
+        args.checkouts - ended
+    } else {
+        0
+    };
+    let sagas_per_second = ended as f64 / elapsed.as_secs_f64().max(f64::EPSILON);
+
+    let invariants = verify::settle(pool, Some(bus), Duration::from_secs(30)).await?;
+    let floor = if args.floor_messages > 0 {
+        Some(broker_floor(bus, &run, args.floor_messages).await?)
+    } else {
+        None
+    };
+    Ok(Results {
+        checkouts: args.checkouts,
+        via: args.via,
+        mode: match args.rate {
+            Some(rate) => format!("open loop at {rate}/s"),
+            None => format!("closed loop, {} in flight", args.concurrency),
+        },
+        decline_share: declining as f64 / CUSTOMERS as f64,
+        sagas_per_second,
+        elapsed_seconds: elapsed.as_secs_f64(),
+        latency_ms: Percentiles::of(latencies),
+        outcomes,
+        timed_out,
+        broker_floor_messages_per_second: floor,
+        saga_to_floor_ratio: floor.map(|floor| sagas_per_second / floor),
+        invariants,
+    })
+}
+
+/// Products with stock for any run, and customers of whom a `decline_share` cannot pay.
+async fn seed(
+    publisher: &Publisher,
+    pool: &PgPool,
+    run: &str,
+    decline_share: f64,
+) -> anyhow::Result<()> {
+    let mut messages = Vec::new();
+    for i in 0..PRODUCTS {
+        let product = ProductUpsert {
+            sku: format!("BENCH-{run}-{i}"),
+            name: format!("Bench product {i}"),
+            price_cents: 100 + 50 * i as i64,
+            available: 1_000_000_000,
+        };
+        messages.push(Outgoing::event(&Envelope::new("bench", &product)));
+    }
+    for i in 0..CUSTOMERS {
+        let account = AccountSetBalance {
+            customer_id: format!("bench-{run}-{i}"),
+            balance_cents: if cannot_pay(i, decline_share) {
+                0
+            } else {
+                1 << 50
+            },
+        };
+        messages.push(Outgoing::event(&Envelope::new("bench", &account)));
+    }
+    for result in publisher.send_all(&messages).await {
+        result.context("seeding products and customers")?;
+    }
+    let pattern = format!("%{run}-%");
+    let arrived = async {
+        loop {
+            let (products, customers): (i64, i64) = sqlx::query_as(
+                "SELECT (SELECT count(*) FROM inventory.products WHERE sku LIKE $1), \
+                        (SELECT count(*) FROM payments.accounts WHERE customer_id LIKE $1)",
+            )
+            .bind(&pattern)
+            .fetch_one(pool)
+            .await?;
+            if products as usize == PRODUCTS && customers as usize == CUSTOMERS {
+                return anyhow::Ok(());
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    };
+    tokio::time::timeout(Duration::from_secs(60), arrived)
+        .await
+        .context("the seed data did not arrive within 60 s: are the services running?")?
+}
+
+async fn publish_start(
+    publisher: &Publisher,
+    saga_id: Uuid,
+    customer: &str,
+    sku: &str,
+) -> anyhow::Result<()> {
+    let input = json!({
+        "order_id": Uuid::now_v7(),
+        "customer_id": customer,
+        "items": [{"sku": sku, "quantity": 1}],
+    });
+    let serde_json::Value::Object(input) = input else {
+        unreachable!("a JSON object literal")
+    };
+    let start = SagaStart {
+        saga_id,
+        saga: "checkout".into(),
+        input,
+        request_hash: None,
+    };
+    publisher
+        .publish(&Envelope::new("bench", &start).with_correlation(saga_id))
+        .await?;
+    Ok(())
+}
+
+async fn post_checkout(
+    client: &reqwest::Client,
+    gateway: &str,
+    customer: &str,
+    sku: &str,
+) -> anyhow::Result<Uuid> {
+    let answer = client
+        .post(format!("{gateway}/v1/checkouts"))
+        .json(&json!({"customer_id": customer, "items": [{"sku": sku, "quantity": 1}]}))
+        .send()
+        .await?
+        .error_for_status()?
+        .json::<serde_json::Value>()
+        .await?;
+    answer["saga_id"]
+        .as_str()
+        .and_then(|id| id.parse().ok())
+        .context("the gateway's answer has no saga_id")
+}
+
+/// What the bench knows about the sagas it started.
+struct Tracker {
+    total: usize,
+    slots: Semaphore,
+    state: Mutex<Tracked>,
+    ended: AtomicUsize,
+    all: Notify,
+    progress: Mutex<Option<ProgressBar>>,
+}
+
+#[derive(Default)]
+struct Tracked {
+    under_way: HashMap<Uuid, Instant>,
+    /// Ends heard before the gateway's answer named the saga.
+    early: HashMap<Uuid, (Instant, String)>,
+    latencies: Vec<Duration>,
+    outcomes: HashMap<String, usize>,
+    errors: Vec<String>,
+    last_end: Option<Instant>,
+}
+
+impl Tracker {
+    fn new(total: usize, concurrency: usize) -> Self {
+        Self {
+            total,
+            slots: Semaphore::new(concurrency),
+            state: Mutex::new(Tracked::default()),
+            ended: AtomicUsize::new(0),
+            all: Notify::new(),
+            progress: Mutex::new(None),
+        }
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, Tracked> {
+        self.state.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    fn submitted(&self, saga_id: Uuid, at: Instant) {
+        let early = {
+            let mut state = self.lock();
+            match state.early.remove(&saga_id) {
+                Some(early) => Some(early),
+                None => {
+                    state.under_way.insert(saga_id, at);
+                    None
+                }
+            }
+        };
+        if let Some((ended, outcome)) = early {
+            self.record(ended - at, outcome, ended);
+        }
+    }
+
+    fn ended(&self, saga_id: Uuid, outcome: String, at: Instant) {
+        let started = {
+            let mut state = self.lock();
+            let started = state.under_way.remove(&saga_id);
+            if started.is_none() {
+                state.early.insert(saga_id, (at, outcome.clone()));
+            }
+            started
+        };
+        if let Some(started) = started {
+            self.record(at - started, outcome, at);
+        }
+    }
+
+    fn failed_submission(&self, error: &anyhow::Error) {
+        self.lock().errors.push(format!("{error:#}"));
+        self.count_one();
+    }
+
+    fn record(&self, latency: Duration, outcome: String, at: Instant) {
+        {
+            let mut state = self.lock();
+            state.latencies.push(latency);
+            *state.outcomes.entry(outcome).or_default() += 1;
+            state.last_end = Some(at);
+        }
+        if let Some(progress) = &*self.progress.lock().unwrap_or_else(PoisonError::into_inner) {
+            progress.inc(1);
+        }
+        self.count_one();
+    }
+
+    fn count_one(&self) {
+        self.slots.add_permits(1);
+        if self.ended.fetch_add(1, Ordering::SeqCst) + 1 >= self.total {
+            self.all.notify_one();
+        }
+    }
+
+    async fn all_ended(&self) {
+        while self.ended.load(Ordering::SeqCst) < self.total {
+            self.all.notified().await;
+        }
+    }
+
+    fn last_end(&self) -> Option<Instant> {
+        self.lock().last_end
+    }
+
+    fn results(&self) -> (Vec<Duration>, HashMap<String, usize>, Vec<String>) {
+        let state = self.lock();
+        (
+            state.latencies.clone(),
+            state.outcomes.clone(),
+            state.errors.clone(),
+        )
+    }
+}
+
+/// Subscribes to saga events (before anything is submitted) and returns the task that reads
+/// them.
+async fn follow(
+    bus: Bus,
+    tracker: Arc<Tracker>,
+    run: String,
+) -> anyhow::Result<impl std::future::Future<Output = ()>> {
+    let channel = bus.channel().await?;
+    let queue = format!("warren.bench.{run}.events");
+    channel
+        .queue_declare(
+            queue.as_str().into(),
+            QueueDeclareOptions {
+                exclusive: true,
+                auto_delete: true,
+                ..QueueDeclareOptions::default()
+            },
+            FieldTable::default(),
+        )
+        .await?;
+    channel
+        .queue_bind(
+            queue.as_str().into(),
+            routing::EXCHANGE.into(),
+            SagaUpdated::TYPE.into(),
+            QueueBindOptions::default(),
+            FieldTable::default(),
+        )
+        .await?;
+    let mut events = channel
+        .basic_consume(
+            queue.as_str().into(),
+            "warren-bench".into(),
+            BasicConsumeOptions {
+                no_ack: true,
+                ..BasicConsumeOptions::default()
+            },
+            FieldTable::default(),
+        )
+        .await?;
+    Ok(async move {
+        let _channel = channel;
+        while let Some(Ok(delivery)) = events.next().await {
+            let at = Instant::now();
+            let Ok(envelope) = bus::amqp::decode(&delivery.properties, &delivery.data) else {
+                continue;
+            };
+            let Ok(event) = envelope.decode::<SagaUpdated>() else {
+                continue;
+            };
+            if matches!(
+                event.view.state.as_str(),
+                "completed" | "compensated" | "failed"
+            ) {
+                tracker.ended(event.view.saga_id, event.view.state, at);
+            }
+        }
+    })
+}
+
+/// Confirmed, persistent publish-and-consume with acks through a quorum queue of its own:
+/// messages per second, from the first publish to the last ack.
+async fn broker_floor(bus: &Bus, run: &str, messages: usize) -> anyhow::Result<f64> {
+    let queue = format!("warren.bench.{run}.floor");
+    let channel = bus.channel().await?;
+    let mut arguments = FieldTable::default();
+    arguments.insert(
+        "x-queue-type".into(),
+        AMQPValue::LongString(LongString::from(b"quorum".to_vec())),
+    );
+    channel
+        .queue_declare(
+            queue.as_str().into(),
+            QueueDeclareOptions {
+                durable: true,
+                ..QueueDeclareOptions::default()
+            },
+            arguments,
+        )
+        .await?;
+    channel.basic_qos(500, BasicQosOptions::default()).await?;
+    let mut deliveries = channel
+        .basic_consume(
+            queue.as_str().into(),
+            "warren-bench-floor".into(),
+            BasicConsumeOptions::default(),
+            FieldTable::default(),
+        )
+        .await?;
+    let publisher = bus.publisher().await?;
+    let started = Instant::now();
+    let consumed = tokio::spawn(async move {
+        let mut count = 0;
+        while count < messages {
+            let Some(Ok(delivery)) = deliveries.next().await else {
+                break;
+            };
+            delivery.ack(BasicAckOptions::default()).await?;
+            count += 1;
+        }
+        anyhow::Ok(count)
+    });
+    let body = vec![b'x'; 512];
+    let envelope = Envelope::raw("bench", "bench.floor", json!({}));
+    for chunk in (0..messages).collect::<Vec<_>>().chunks(500) {
+        let batch: Vec<Outgoing> = chunk
+            .iter()
+            .map(|_| {
+                let mut message = Outgoing::to("", &queue, &envelope);
+                message.body.clone_from(&body);
+                message
+            })
+            .collect();
+        for result in publisher.send_all(&batch).await {
+            result.context("publishing to the floor queue")?;
+        }
+    }
+    let count = tokio::time::timeout(Duration::from_secs(120), consumed)
+        .await
+        .context("the floor queue did not drain within 120 s")???;
+    let elapsed = started.elapsed();
+    let _ = channel
+        .queue_delete(queue.as_str().into(), QueueDeleteOptions::default())
+        .await;
+    let _ = channel.close(200, "bench done".into()).await;
+    Ok(count as f64 / elapsed.as_secs_f64())
+}
+
+fn print(results: &Results) {
+    let outcome = |name: &str| results.outcomes.get(name).copied().unwrap_or(0);
+    println!(
+        "warren bench: {} checkouts via {}, {}, {:.0}% declined\n",
+        results.checkouts,
+        match results.via {
+            Via::Broker => "the broker",
+            Via::Http => "the HTTP gateway",
+        },
+        results.mode,
+        results.decline_share * 100.0
+    );
+    println!(
+        "  throughput     {} sagas/s ({} ended in {:.2} s)",
+        paint(&format!("{:.1}", results.sagas_per_second), "bold"),
+        results.outcomes.values().sum::<usize>(),
+        results.elapsed_seconds
+    );
+    let l = &results.latency_ms;
+    println!(
+        "  latency        p50 {:.1} ms  p90 {:.1} ms  p99 {:.1} ms  max {:.1} ms",
+        l.p50, l.p90, l.p99, l.max
+    );
+    println!(
+        "  outcomes       {} completed, {} compensated, {} failed{}",
+        outcome("completed"),
+        outcome("compensated"),
+        outcome("failed"),
+        if results.timed_out > 0 {
+            paint(&format!(", {} never ended", results.timed_out), "red")
+        } else {
+            String::new()
+        }
+    );
+    if let (Some(floor), Some(ratio)) = (
+        results.broker_floor_messages_per_second,
+        results.saga_to_floor_ratio,
+    ) {
+        println!(
+            "  broker floor   {floor:.0} msg/s (confirmed persistent publish + acked consume, quorum queue)"
+        );
+        println!(
+            "  ratio          {ratio:.4} sagas per floor message, i.e. {:.1} floor messages per saga",
+            1.0 / ratio.max(f64::EPSILON)
+        );
+    }
+    let report = &results.invariants;
+    let broken: Vec<&str> = report
+        .checks
+        .iter()
+        .filter(|c| !c.holds)
+        .map(|c| c.name)
+        .collect();
+    if broken.is_empty() {
+        println!(
+            "  invariants     {}",
+            paint(&format!("all {} hold", report.checks.len()), "green")
+        );
+    } else {
+        println!(
+            "  invariants     {} (see `warren chaos verify`)",
+            paint(&format!("broken: {}", broken.join(", ")), "red")
+        );
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn declining_customers_are_spread_evenly() {
+        for share in [0.0, 0.1, 0.25, 0.5, 1.0] {
+            for window in [10, 20, 100] {
+                let declined = (0..window).filter(|&c| cannot_pay(c, share)).count();
+                assert_eq!(
+                    declined,
+                    (window as f64 * share).floor() as usize,
+                    "{share} {window}"
+                );
+            }
+        }
+    }
+
+    #[test]
+    fn percentiles_take_the_nearest_rank() {
+        let latencies: Vec<Duration> = (1..=100).map(Duration::from_millis).collect();
+        let p = Percentiles::of(latencies);
+        assert_eq!((p.p50, p.p90, p.p99, p.max), (50.0, 90.0, 99.0, 100.0));
+        assert_eq!(Percentiles::of(Vec::new()).max, 0.0);
+    }
+}
