@@ -26,10 +26,7 @@ use std::time::Duration;
 use chrono::{DateTime, Utc};
 use contracts::routing;
 use futures_util::StreamExt;
-use lapin::options::{
-    BasicConsumeOptions, BasicPublishOptions, ConfirmSelectOptions, QueueBindOptions,
-    QueueDeclareOptions,
-};
+use lapin::options::{BasicConsumeOptions, BasicPublishOptions, ConfirmSelectOptions};
 use lapin::types::FieldTable;
 use lapin::{BasicProperties, Channel, Confirmation};
 use serde::{Deserialize, Serialize};
@@ -371,44 +368,9 @@ async fn listen_once(
     identity: &Identity,
     shutdown: &CancellationToken,
 ) -> Result<(), BusError> {
-    let channel = bus.channel().await?;
-    // Named here, not by the broker: lapin's recovery declares the queue again under its old
-    // name, which the broker refuses for its own `amq.gen-*` names.
-    let name = format!("{}.chaos.{}", bus.name(), uuid::Uuid::now_v7().simple());
-    let queue = channel
-        .queue_declare(
-            name.as_str().into(),
-            QueueDeclareOptions {
-                exclusive: true,
-                auto_delete: true,
-                ..QueueDeclareOptions::default()
-            },
-            FieldTable::default(),
-        )
-        .await
-        .map_err(BusError::amqp("queue.declare"))?;
-    channel
-        .queue_bind(
-            queue.name().clone(),
-            routing::CONTROL_EXCHANGE.into(),
-            ROUTING_KEY.into(),
-            QueueBindOptions::default(),
-            FieldTable::default(),
-        )
-        .await
-        .map_err(BusError::amqp("queue.bind"))?;
-    let mut deliveries = channel
-        .basic_consume(
-            queue.name().clone(),
-            format!("{}@chaos", bus.name()).as_str().into(),
-            BasicConsumeOptions {
-                no_ack: true,
-                ..BasicConsumeOptions::default()
-            },
-            FieldTable::default(),
-        )
-        .await
-        .map_err(BusError::amqp("basic.consume"))?;
+    let (channel, mut deliveries) = bus
+        .watch("chaos", routing::CONTROL_EXCHANGE, &[ROUTING_KEY])
+        .await?;
     loop {
         let delivery = tokio::select! {
             () = shutdown.cancelled() => return Ok(()),

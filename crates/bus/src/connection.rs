@@ -8,8 +8,11 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use lapin::options::ConfirmSelectOptions;
-use lapin::{Channel, Connection, ConnectionProperties};
+use lapin::options::{
+    BasicConsumeOptions, ConfirmSelectOptions, QueueBindOptions, QueueDeclareOptions,
+};
+use lapin::types::FieldTable;
+use lapin::{Channel, Connection, ConnectionProperties, Consumer};
 use tracing::{info, warn};
 
 use crate::{BusError, Publisher};
@@ -113,6 +116,58 @@ impl Bus {
             .create_channel()
             .await
             .map_err(BusError::amqp("channel.open"))
+    }
+
+    /// A private queue for watching traffic (live events, control messages): exclusive,
+    /// deleted with the connection, bound to `keys` on `exchange`, read without acks. Returns
+    /// its channel (keep it for recovery) and the deliveries.
+    ///
+    /// The queue is named here, not by the broker: lapin's recovery declares a lost queue again
+    /// under its old name, which the broker refuses for its own `amq.gen-*` names.
+    pub async fn watch(
+        &self,
+        purpose: &str,
+        exchange: &str,
+        keys: &[&str],
+    ) -> Result<(Channel, Consumer), BusError> {
+        let channel = self.channel().await?;
+        let name = format!("{}.{purpose}.{}", self.name, uuid::Uuid::now_v7().simple());
+        let private = QueueDeclareOptions {
+            exclusive: true,
+            auto_delete: true,
+            ..QueueDeclareOptions::default()
+        };
+        channel
+            .queue_declare(name.as_str().into(), private, FieldTable::default())
+            .await
+            .map_err(BusError::amqp("queue.declare"))?;
+        for key in keys {
+            channel
+                .queue_bind(
+                    name.as_str().into(),
+                    exchange.into(),
+                    (*key).into(),
+                    QueueBindOptions::default(),
+                    FieldTable::default(),
+                )
+                .await
+                .map_err(BusError::amqp("queue.bind"))?;
+        }
+        let no_ack = BasicConsumeOptions {
+            no_ack: true,
+            exclusive: true,
+            ..BasicConsumeOptions::default()
+        };
+        let consumer = channel
+            .basic_consume(
+                name.as_str().into(),
+                format!("{}@{purpose}", self.name).as_str().into(),
+                no_ack,
+                FieldTable::default(),
+            )
+            .await
+            .map_err(BusError::amqp("basic.consume"))?;
+        Ok((channel, consumer))
     }
 
     /// A publisher on its own channel in confirm mode.

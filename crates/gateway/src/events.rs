@@ -4,9 +4,8 @@
 //! `saga.evt.#` and `notification.evt.#`, read without acks (these are for watching, not work)
 //! and fanned out to every open stream through broadcast channels.
 //!
-//! The queue is named by the client, not the broker: lapin's recovery declares a lost queue
-//! again under its old name, which the broker refuses for its own `amq.gen-*` names. Should
-//! recovery fail anyway, the subscription is made again from scratch.
+//! The queue is named by the client ([`Bus::watch`]) so lapin's recovery can declare it again;
+//! should recovery fail anyway, the subscription is made again from scratch.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -15,13 +14,10 @@ use bus::{Bus, BusError};
 use contracts::messages::{NotificationCreated, SagaUpdated};
 use contracts::{Message, routing};
 use futures_util::StreamExt;
-use lapin::options::{BasicConsumeOptions, QueueBindOptions, QueueDeclareOptions};
-use lapin::types::FieldTable;
 use lapin::{Channel, Consumer};
 use tokio::sync::broadcast;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
-use uuid::Uuid;
 
 /// How many events a slow stream may fall behind before it misses some.
 const BACKLOG: usize = 4096;
@@ -115,46 +111,12 @@ impl LiveEvents {
     }
 }
 
-/// Declares this process's live event queue, binds it and starts consuming.
+/// This process's private live event queue.
 async fn subscribe(bus: &Bus) -> Result<(Channel, Consumer), BusError> {
-    let channel = bus.channel().await?;
-    let name = format!("{}.live-events.{}", bus.name(), Uuid::now_v7().simple());
-    channel
-        .queue_declare(
-            name.as_str().into(),
-            QueueDeclareOptions {
-                exclusive: true,
-                auto_delete: true,
-                ..QueueDeclareOptions::default()
-            },
-            FieldTable::default(),
-        )
-        .await
-        .map_err(BusError::amqp("queue.declare"))?;
-    for key in ["saga.evt.#", "notification.evt.#"] {
-        channel
-            .queue_bind(
-                name.as_str().into(),
-                routing::EXCHANGE.into(),
-                key.into(),
-                QueueBindOptions::default(),
-                FieldTable::default(),
-            )
-            .await
-            .map_err(BusError::amqp("queue.bind"))?;
-    }
-    let consumer = channel
-        .basic_consume(
-            name.as_str().into(),
-            "gateway-live-events".into(),
-            BasicConsumeOptions {
-                no_ack: true,
-                exclusive: true,
-                ..BasicConsumeOptions::default()
-            },
-            FieldTable::default(),
-        )
-        .await
-        .map_err(BusError::amqp("basic.consume"))?;
-    Ok((channel, consumer))
+    bus.watch(
+        "live-events",
+        routing::EXCHANGE,
+        &["saga.evt.#", "notification.evt.#"],
+    )
+    .await
 }

@@ -21,8 +21,7 @@ use contracts::{Envelope, Message, routing};
 use futures_util::StreamExt;
 use indicatif::{ProgressBar, ProgressStyle};
 use lapin::options::{
-    BasicAckOptions, BasicConsumeOptions, BasicQosOptions, QueueBindOptions, QueueDeclareOptions,
-    QueueDeleteOptions,
+    BasicAckOptions, BasicConsumeOptions, BasicQosOptions, QueueDeclareOptions, QueueDeleteOptions,
 };
 use lapin::types::{AMQPValue, FieldTable, LongString};
 use serde::Serialize;
@@ -177,7 +176,7 @@ async fn bench(bus: &Bus, pool: &PgPool, args: &BenchArgs, json: bool) -> anyhow
         .count();
 
     let tracker = Arc::new(Tracker::new(args.checkouts, args.concurrency));
-    let events = tokio::spawn(follow(bus.clone(), Arc::clone(&tracker), run.clone()).await?);
+    let events = tokio::spawn(follow(bus.clone(), Arc::clone(&tracker)).await?);
     let progress = if json || !std::io::stderr().is_terminal() {
         ProgressBar::hidden()
     } else {
@@ -487,40 +486,9 @@ impl Tracker {
 async fn follow(
     bus: Bus,
     tracker: Arc<Tracker>,
-    run: String,
 ) -> anyhow::Result<impl std::future::Future<Output = ()>> {
-    let channel = bus.channel().await?;
-    let queue = format!("warren.bench.{run}.events");
-    channel
-        .queue_declare(
-            queue.as_str().into(),
-            QueueDeclareOptions {
-                exclusive: true,
-                auto_delete: true,
-                ..QueueDeclareOptions::default()
-            },
-            FieldTable::default(),
-        )
-        .await?;
-    channel
-        .queue_bind(
-            queue.as_str().into(),
-            routing::EXCHANGE.into(),
-            SagaUpdated::TYPE.into(),
-            QueueBindOptions::default(),
-            FieldTable::default(),
-        )
-        .await?;
-    let mut events = channel
-        .basic_consume(
-            queue.as_str().into(),
-            "warren-bench".into(),
-            BasicConsumeOptions {
-                no_ack: true,
-                ..BasicConsumeOptions::default()
-            },
-            FieldTable::default(),
-        )
+    let (channel, mut events) = bus
+        .watch("bench", routing::EXCHANGE, &[SagaUpdated::TYPE])
         .await?;
     Ok(async move {
         let _channel = channel;
