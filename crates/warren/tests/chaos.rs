@@ -66,6 +66,27 @@ async fn submit(system: &System, customer: &str, sku: &str, key: &str) -> String
     .await
 }
 
+/// Sets faults on the allowing processes (`warren chaos set <args>`); returns its JSON answer.
+async fn set_faults(system: &System, args: &[&str]) -> Value {
+    let ran = system
+        .cli(&[&["--json", "chaos", "set"], args].concat())
+        .await;
+    assert_eq!(ran.code, 0, "{ran:?}");
+    ran.json()
+}
+
+/// A system whose processes all run in one, accept faults and hold seed data.
+async fn chaotic(quick: bool) -> System {
+    let mut system = System::new().await;
+    system.allow_chaos = true;
+    if quick {
+        quick_sagas(&mut system);
+    }
+    system.spawn(&["all"]);
+    system.ready().await;
+    system
+}
+
 fn injected(show: &Value, what: &str) -> u64 {
     show["processes"]
         .as_array()
@@ -98,19 +119,8 @@ async fn an_injected_decline_compensates_until_it_is_cleared() {
     system.ready().await;
     seed(&system, 2).await;
 
-    let set = system
-        .cli(&[
-            "--json",
-            "chaos",
-            "set",
-            "--target",
-            "payment",
-            "--decline-rate",
-            "1",
-        ])
-        .await;
-    assert_eq!(set.code, 0, "{set:?}");
-    let processes = set.json()["processes"].as_array().unwrap().clone();
+    let set = set_faults(&system, &["--target", "payment", "--decline-rate", "1"]).await;
+    let processes = set["processes"].as_array().unwrap().clone();
     assert_eq!(
         processes.len(),
         1,
@@ -153,10 +163,7 @@ async fn a_crash_between_commit_and_ack_takes_effect_once() {
     let payment = system.spawn(&["payment"]);
     system.ready().await;
     seed(&system, 2).await;
-    let set = system
-        .cli(&["chaos", "set", "--target", "payment", "--crash-rate", "1"])
-        .await;
-    assert_eq!(set.code, 0, "{set:?}");
+    set_faults(&system, &["--target", "payment", "--crash-rate", "1"]).await;
 
     let id = submit(&system, "c-1", "SKU-1", "crash").await;
     let status = system.exited(payment).await;
@@ -198,22 +205,13 @@ async fn a_crash_between_commit_and_ack_takes_effect_once() {
 
 #[tokio::test]
 async fn latency_slows_only_the_message_types_named() {
-    let mut system = System::new().await;
-    system.allow_chaos = true;
-    system.spawn(&["all"]);
-    system.ready().await;
+    let system = chaotic(false).await;
     seed(&system, 2).await;
-    let set = system
-        .cli(&[
-            "chaos",
-            "set",
-            "--latency",
-            "600ms",
-            "--latency-type",
-            "payment.cmd.*",
-        ])
-        .await;
-    assert_eq!(set.code, 0, "{set:?}");
+    set_faults(
+        &system,
+        &["--latency", "600ms", "--latency-type", "payment.cmd.*"],
+    )
+    .await;
 
     let id = submit(&system, "c-1", "SKU-2", "slow").await;
     let saga = system.follow(&id).await.pop().unwrap();
@@ -239,23 +237,13 @@ async fn latency_slows_only_the_message_types_named() {
 
 #[tokio::test]
 async fn a_compensation_outage_is_retried_through() {
-    let mut system = System::new().await;
-    system.allow_chaos = true;
-    quick_sagas(&mut system);
-    system.spawn(&["all"]);
-    system.ready().await;
+    let system = chaotic(true).await;
     seed(&system, 2).await;
-    let set = system
-        .cli(&[
-            "chaos",
-            "set",
-            "--decline-rate",
-            "1",
-            "--fail-compensations-for",
-            "3s",
-        ])
-        .await;
-    assert_eq!(set.code, 0, "{set:?}");
+    set_faults(
+        &system,
+        &["--decline-rate", "1", "--fail-compensations-for", "3s"],
+    )
+    .await;
 
     let id = submit(&system, "c-1", "SKU-1", "outage").await;
     let saga = system.follow(&id).await.pop().unwrap();
@@ -308,10 +296,7 @@ async fn verify_names_the_invariant_a_change_breaks() {
 
 #[tokio::test]
 async fn live_streams_and_fault_controls_survive_dropped_connections() {
-    let mut system = System::new().await;
-    system.allow_chaos = true;
-    system.spawn(&["all"]);
-    system.ready().await;
+    let system = chaotic(false).await;
     seed(&system, 2).await;
 
     assert!(testkit::close_vhost_connections(&system.vhost).await >= 1);
@@ -348,23 +333,13 @@ fn quick_sagas(system: &mut System) {
 
 #[tokio::test]
 async fn doubled_messages_and_lost_replies_change_nothing() {
-    let mut system = System::new().await;
-    system.allow_chaos = true;
-    quick_sagas(&mut system);
-    system.spawn(&["all"]);
-    system.ready().await;
+    let system = chaotic(true).await;
     seed(&system, 5).await;
-    let set = system
-        .cli(&[
-            "chaos",
-            "set",
-            "--duplicate-rate",
-            "1",
-            "--drop-reply-rate",
-            "0.25",
-        ])
-        .await;
-    assert_eq!(set.code, 0, "{set:?}");
+    set_faults(
+        &system,
+        &["--duplicate-rate", "1", "--drop-reply-rate", "0.25"],
+    )
+    .await;
 
     for i in 0..20 {
         let (customer, sku) = (format!("c-{}", i % 5), SKUS[i % SKUS.len()].0);
