@@ -3,6 +3,8 @@
 //! After a connection failure the channel is recovered and the message re-sent, so a consumer
 //! may see it twice; inboxes absorb that.
 
+use std::collections::HashMap;
+
 use contracts::{Envelope, routing};
 use lapin::Confirmation;
 use lapin::options::BasicPublishOptions;
@@ -107,13 +109,17 @@ impl Publisher {
                     }
                 }
             }
+            let mut confirmed = Vec::with_capacity(in_flight.len());
             for (i, confirm) in in_flight {
                 match confirm.await {
-                    Ok(confirmation) => results[i] = Some(check(&messages[i], confirmation)),
+                    Ok(confirmation) => confirmed.push((i, confirmation)),
                     Err(error) => {
                         failure.get_or_insert(error);
                     }
                 }
+            }
+            for (i, verdict) in verdicts(messages, confirmed) {
+                results[i] = Some(verdict);
             }
             // Everything not confirmed (failed or never sent) goes round again after recovery.
             pending.retain(|i| results[*i].is_none());
@@ -138,18 +144,53 @@ impl Publisher {
     }
 }
 
-fn check(message: &Outgoing, confirmation: Confirmation) -> Result<(), PublishError> {
-    match confirmation {
-        Confirmation::Ack(None) => Ok(()),
-        Confirmation::NotRequested => Err(PublishError::Unconfirmed),
-        Confirmation::Ack(Some(returned)) => Err(PublishError::Unroutable {
-            exchange: message.exchange.clone(),
-            routing_key: message.routing_key.clone(),
-            reply: returned.reply_text.to_string(),
-        }),
-        Confirmation::Nack(_) => Err(PublishError::Nacked {
-            exchange: message.exchange.clone(),
-            routing_key: message.routing_key.clone(),
-        }),
+/// What each confirmed message's fate was.
+///
+/// lapin hands a returned (unroutable) message to whichever confirm it completes next, and a
+/// broker's `multiple` ack completes several in no set order: the return may come attached to
+/// another message of the batch. So returns are matched to messages by message id; only a
+/// message without one falls back to lapin's pairing.
+fn verdicts(
+    messages: &[Outgoing],
+    confirmed: Vec<(usize, Confirmation)>,
+) -> Vec<(usize, Result<(), PublishError>)> {
+    let mut returned: HashMap<String, String> = HashMap::new();
+    let mut confirmed_plain = Vec::with_capacity(confirmed.len());
+    for (i, confirmation) in confirmed {
+        let (acked, paired) = match confirmation {
+            Confirmation::Ack(paired) => (Some(true), paired),
+            Confirmation::Nack(paired) => (Some(false), paired),
+            Confirmation::NotRequested => (None, None),
+        };
+        if let Some(paired) = &paired
+            && let Some(id) = paired.properties.message_id()
+        {
+            returned.insert(id.to_string(), paired.reply_text.to_string());
+        }
+        confirmed_plain.push((i, acked, paired.map(|r| r.reply_text.to_string())));
     }
+    confirmed_plain
+        .into_iter()
+        .map(|(i, acked, paired)| {
+            let message = &messages[i];
+            let unroutable = match message.properties.message_id() {
+                Some(id) => returned.get(id.as_str()).cloned(),
+                None => paired,
+            };
+            let verdict = match (acked, unroutable) {
+                (None, _) => Err(PublishError::Unconfirmed),
+                (Some(false), _) => Err(PublishError::Nacked {
+                    exchange: message.exchange.clone(),
+                    routing_key: message.routing_key.clone(),
+                }),
+                (Some(true), Some(reply)) => Err(PublishError::Unroutable {
+                    exchange: message.exchange.clone(),
+                    routing_key: message.routing_key.clone(),
+                    reply,
+                }),
+                (Some(true), None) => Ok(()),
+            };
+            (i, verdict)
+        })
+        .collect()
 }

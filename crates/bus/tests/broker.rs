@@ -264,3 +264,78 @@ async fn shutdown_finishes_the_message_in_hand_and_takes_no_more() {
         .await
         .unwrap();
 }
+
+#[tokio::test]
+async fn in_a_mixed_batch_exactly_the_unroutable_messages_are_reported() {
+    use lapin::ExchangeKind;
+    use lapin::options::{
+        ExchangeDeclareOptions, ExchangeDeleteOptions, QueueBindOptions, QueueDeclareOptions,
+        QueueDeleteOptions,
+    };
+    use lapin::types::FieldTable;
+
+    let name = testkit::unique();
+    let bus = testkit::bus(&name).await;
+    let channel = bus.channel().await.unwrap();
+    // An exchange of this test's own, so no catch-all binding makes every key routable.
+    let exchange = format!("{name}.x");
+    channel
+        .exchange_declare(
+            exchange.as_str().into(),
+            ExchangeKind::Direct,
+            ExchangeDeclareOptions::default(),
+            FieldTable::default(),
+        )
+        .await
+        .unwrap();
+    let queue = format!("{name}.q");
+    let durable = QueueDeclareOptions {
+        durable: true,
+        ..QueueDeclareOptions::default()
+    };
+    channel
+        .queue_declare(queue.as_str().into(), durable, FieldTable::default())
+        .await
+        .unwrap();
+    channel
+        .queue_bind(
+            queue.as_str().into(),
+            exchange.as_str().into(),
+            "kept".into(),
+            QueueBindOptions::default(),
+            FieldTable::default(),
+        )
+        .await
+        .unwrap();
+
+    // Persistent messages to a durable queue are confirmed after the disk write, returns at
+    // once: the broker's acks come late and often cover several messages.
+    let publisher = bus.publisher().await.unwrap();
+    for round in 0..5 {
+        let batch: Vec<bus::Outgoing> = (0..200)
+            .map(|n| {
+                let key = if n % 3 == 0 { "nowhere" } else { "kept" };
+                bus::Outgoing::to(&exchange, key, &ping(key, round * 1000 + n, false))
+            })
+            .collect();
+        let results = publisher.send_all(&batch).await;
+        for (n, result) in results.iter().enumerate() {
+            if n % 3 == 0 {
+                assert!(
+                    matches!(result, Err(bus::PublishError::Unroutable { .. })),
+                    "round {round}, message {n}: {result:?}"
+                );
+            } else {
+                assert!(result.is_ok(), "round {round}, message {n}: {result:?}");
+            }
+        }
+    }
+    channel
+        .queue_delete(queue.as_str().into(), QueueDeleteOptions::default())
+        .await
+        .unwrap();
+    channel
+        .exchange_delete(exchange.as_str().into(), ExchangeDeleteOptions::default())
+        .await
+        .unwrap();
+}
