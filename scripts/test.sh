@@ -34,8 +34,9 @@ fi
 # one at a time, and print their figures.
 log "chaos tests"
 if cargo nextest --version >/dev/null 2>&1; then
-  cargo nextest run -p warren --test chaos --locked --run-ignored only --test-threads 1 \
-    --success-output immediate
+  # --workspace, like the suite, so features unify the same way and nothing is built again.
+  cargo nextest run --workspace --locked --run-ignored only -E 'binary(chaos)' \
+    --test-threads 1 --success-output immediate
 else
   cargo test -p warren --test chaos --locked -- --ignored --test-threads 1 --nocapture
 fi
