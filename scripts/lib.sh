@@ -119,7 +119,7 @@ ensure_test_vhost() {
 
 # The components dev-up.sh runs, each as its own process (so one can be killed and restarted).
 COMPONENTS=(orchestrator order inventory payment image notification gateway)
-WARREN_BIN="$ROOT/target/release/warren"
+WARREN_BIN="${CARGO_TARGET_DIR:-$ROOT/target}/release/warren"
 
 pidfile() { echo "$STATE/$1.pid"; }
 

@@ -34,7 +34,7 @@ use uuid::Uuid;
 use crate::output::{self, paint};
 use crate::settings::Settings;
 use crate::verify::{self, Report};
-use crate::{dlq, exit};
+use crate::{broker, exit};
 
 #[derive(Debug, Args)]
 pub struct BenchArgs {
@@ -96,10 +96,7 @@ pub async fn execute(
         eprintln!("error: --rate must be positive");
         return Ok(std::process::ExitCode::from(2));
     }
-    let Ok(bus) = dlq::connect(settings)
-        .await
-        .inspect_err(|e| eprintln!("error: {e:#}"))
-    else {
+    let Some(bus) = broker::connect_or_report(settings).await? else {
         return Ok(std::process::ExitCode::from(exit::UNREACHABLE));
     };
     let mut db = settings.db();
@@ -553,16 +550,17 @@ async fn broker_floor(bus: &Bus, run: &str, messages: usize) -> anyhow::Result<f
         anyhow::Ok(count)
     });
     let body = vec![b'x'; 512];
-    let envelope = Envelope::raw("bench", "bench.floor", json!({}));
-    for chunk in (0..messages).collect::<Vec<_>>().chunks(500) {
-        let batch: Vec<Outgoing> = chunk
-            .iter()
+    let mut left = messages;
+    while left > 0 {
+        let batch: Vec<Outgoing> = (0..left.min(500))
             .map(|_| {
+                let envelope = Envelope::raw("bench", "bench.floor", json!({}));
                 let mut message = Outgoing::to("", &queue, &envelope);
                 message.body.clone_from(&body);
                 message
             })
             .collect();
+        left -= batch.len();
         for result in publisher.send_all(&batch).await {
             result.context("publishing to the floor queue")?;
         }

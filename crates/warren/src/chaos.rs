@@ -8,7 +8,6 @@ use std::process::ExitCode;
 use std::time::Duration;
 
 use anyhow::Context;
-use bus::Bus;
 use bus::chaos::{self, Action, Control, FaultPatch, ProcessFaults};
 use bus::topology::{Topology, topic_matches};
 use clap::{Args, Subcommand};
@@ -21,7 +20,7 @@ use uuid::Uuid;
 use crate::output::{self, Table, paint};
 use crate::settings::Settings;
 use crate::verify::{self, Report};
-use crate::{dlq, exit};
+use crate::{broker, exit};
 
 #[derive(Debug, Subcommand)]
 pub enum ChaosCommand {
@@ -143,7 +142,7 @@ pub async fn execute(
         ChaosCommand::Verify { wait } => return verify(settings, wait, json).await,
         ChaosCommand::Poison { queue } => return poison(settings, &queue, json).await,
     };
-    let Some(bus) = connect(settings).await? else {
+    let Some(bus) = broker::connect_or_report(settings).await? else {
         return Ok(ExitCode::from(exit::UNREACHABLE));
     };
     let answers = chaos::send(&bus, &control, FIRST_ANSWER, MORE_ANSWERS).await;
@@ -166,17 +165,6 @@ pub async fn execute(
         return Ok(ExitCode::from(exit::PROBLEM));
     }
     Ok(ExitCode::SUCCESS)
-}
-
-async fn connect(settings: &Settings) -> anyhow::Result<Option<Bus>> {
-    match dlq::connect(settings).await {
-        Ok(bus) => Ok(Some(bus)),
-        Err(error) if error.downcast_ref::<dlq::Unreachable>().is_some() => {
-            eprintln!("error: {error}");
-            Ok(None)
-        }
-        Err(error) => Err(error),
-    }
 }
 
 fn print_processes(answers: &[ProcessFaults]) {
@@ -246,7 +234,7 @@ async fn verify(settings: &Settings, wait: Duration, json: bool) -> anyhow::Resu
             bus::connection::redact(&settings.database_url)
         )
     })?;
-    let bus = connect(settings).await?;
+    let bus = broker::connect_or_report(settings).await?;
     let report = verify::settle(&pool, bus.as_ref(), wait).await;
     if let Some(bus) = bus {
         bus.close().await;
@@ -321,7 +309,7 @@ async fn poison(settings: &Settings, queue: &str, json: bool) -> anyhow::Result<
         .min()
         .unwrap_or("chaos.cmd.poison")
         .to_owned();
-    let Some(bus) = connect(settings).await? else {
+    let Some(bus) = broker::connect_or_report(settings).await? else {
         return Ok(ExitCode::from(exit::UNREACHABLE));
     };
     let bodies: [(&str, Vec<u8>); 2] = [

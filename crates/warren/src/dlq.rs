@@ -19,9 +19,7 @@
 
 use std::collections::{BTreeMap, HashSet};
 use std::io::{IsTerminal, Write};
-use std::net::{TcpStream, ToSocketAddrs};
 use std::process::ExitCode;
-use std::time::Duration;
 
 use anyhow::Context;
 use bus::topology::topic_matches;
@@ -37,15 +35,12 @@ use serde_json::{Value, json};
 // The workspace's chrono, as sqlx re-exports it; only for showing AMQP timestamps.
 use sqlx::types::chrono::{DateTime, Utc};
 
-use crate::exit;
 use crate::output::{self, Table, paint};
 use crate::settings::Settings;
+use crate::{broker, exit};
 
 /// Bad usage, clap's own exit code.
 const USAGE: u8 = 2;
-/// How long one attempt to reach the broker's address may take, and the pause between them.
-const PROBE_TIMEOUT: Duration = Duration::from_secs(2);
-const PROBE_INTERVAL: Duration = Duration::from_millis(250);
 /// How much of a reason a table shows; `show` and `--json` give all of it.
 const REASON_WIDTH: usize = 60;
 
@@ -157,13 +152,8 @@ pub async fn execute(
         return Ok(ExitCode::from(exit::PROBLEM));
     }
 
-    let bus = match connect(settings).await {
-        Ok(bus) => bus,
-        Err(error) if error.downcast_ref::<Unreachable>().is_some() => {
-            eprintln!("error: {error}");
-            return Ok(ExitCode::from(exit::UNREACHABLE));
-        }
-        Err(error) => return Err(error),
+    let Some(bus) = broker::connect_or_report(settings).await? else {
+        return Ok(ExitCode::from(exit::UNREACHABLE));
     };
     let outcome = match command {
         DlqCommand::List { limit, .. } => list(&bus, &queues, limit, json).await,
@@ -184,67 +174,6 @@ pub async fn execute(
         other => other,
     }
 }
-
-/// Connects within the connect timeout, or says plainly that the broker is not there.
-///
-/// A refused first connection is retried for ever by the connection's own recovery, so
-/// `Bus::connect` alone would never give up on a broker that is down: first wait (within the
-/// same timeout) for something to accept TCP connections at the URL's address.
-pub(crate) async fn connect(settings: &Settings) -> anyhow::Result<Bus> {
-    let settings = settings.bus("cli");
-    let unreachable = || Unreachable {
-        url: bus::connection::redact(&settings.url),
-        patience: settings.connect_timeout,
-    };
-    if let Ok(uri) = settings.url.parse::<lapin::uri::AMQPUri>() {
-        let (host, port) = (uri.authority.host, uri.authority.port);
-        let listening = async {
-            loop {
-                let (host, port) = (host.clone(), port);
-                let answered = tokio::task::spawn_blocking(move || {
-                    (host.as_str(), port)
-                        .to_socket_addrs()
-                        .into_iter()
-                        .flatten()
-                        .any(|address| TcpStream::connect_timeout(&address, PROBE_TIMEOUT).is_ok())
-                })
-                .await
-                .unwrap_or(false);
-                if answered {
-                    return;
-                }
-                tokio::time::sleep(PROBE_INTERVAL).await;
-            }
-        };
-        tokio::time::timeout(settings.connect_timeout, listening)
-            .await
-            .map_err(|_| unreachable())?;
-    }
-    tokio::time::timeout(settings.connect_timeout, Bus::connect(&settings))
-        .await
-        .map_err(|_| unreachable())?
-        .context("connecting to RabbitMQ (see --amqp-url or WARREN_AMQP_URL)")
-}
-
-/// Nothing answered at the broker's address within the connect timeout.
-#[derive(Debug)]
-pub(crate) struct Unreachable {
-    url: String,
-    patience: Duration,
-}
-
-impl std::fmt::Display for Unreachable {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(
-            f,
-            "RabbitMQ is not reachable at {} (waited {:?}); is it running? The URL comes from \
-             --amqp-url or WARREN_AMQP_URL, the wait from --connect-timeout-secs",
-            self.url, self.patience
-        )
-    }
-}
-
-impl std::error::Error for Unreachable {}
 
 /// The consumer queues whose parking queues a command reads: all of them, or the one named
 /// (by its own name or its parking queue's).

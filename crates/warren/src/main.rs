@@ -10,9 +10,11 @@
 //! - [`bench`]: `warren bench`, saga throughput and latency next to the broker's floor.
 //! - [`chaos`]: `warren chaos ...`, injected faults, poison messages and the invariants check
 //!   ([`verify`]).
+//! - [`broker`]: reaching the broker from operator commands.
 //! - [`output`]: tables, colour and JSON for operators.
 
 mod bench;
+mod broker;
 mod chaos;
 mod dlq;
 mod output;
