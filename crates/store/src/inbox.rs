@@ -1,6 +1,8 @@
 //! The inbox: one row per `(consumer, message id)` taken inside the handler's transaction, so
 //! a redelivered message finds its row and changes nothing.
 
+use std::collections::HashSet;
+
 use sqlx::{AssertSqlSafe, PgConnection};
 use uuid::Uuid;
 
@@ -9,6 +11,7 @@ use crate::checked_schema;
 #[derive(Debug, Clone)]
 pub struct Inbox {
     claim: std::sync::Arc<str>,
+    claim_all: std::sync::Arc<str>,
     count_duplicate: std::sync::Arc<str>,
 }
 
@@ -20,6 +23,11 @@ impl Inbox {
             claim: format!(
                 "INSERT INTO {schema}.inbox (consumer, message_id) VALUES ($1, $2) \
                  ON CONFLICT DO NOTHING"
+            )
+            .into(),
+            claim_all: format!(
+                "INSERT INTO {schema}.inbox (consumer, message_id) \
+                 SELECT $1, unnest($2::uuid[]) ON CONFLICT DO NOTHING RETURNING message_id"
             )
             .into(),
             count_duplicate: format!(
@@ -60,5 +68,21 @@ impl Inbox {
             .execute(tx)
             .await?;
         Ok(result.rows_affected() == 1)
+    }
+
+    /// [`Inbox::claim`] for many messages in one statement: returns the ids taken now (each
+    /// once, even if it appears twice in `message_ids`).
+    pub async fn claim_all(
+        &self,
+        tx: &mut PgConnection,
+        consumer: &str,
+        message_ids: &[Uuid],
+    ) -> Result<HashSet<Uuid>, sqlx::Error> {
+        let fresh: Vec<Uuid> = sqlx::query_scalar(AssertSqlSafe(self.claim_all.clone()))
+            .bind(consumer)
+            .bind(message_ids)
+            .fetch_all(tx)
+            .await?;
+        Ok(fresh.into_iter().collect())
     }
 }

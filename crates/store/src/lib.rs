@@ -18,7 +18,7 @@ pub use db::{DbSettings, connect, migrate};
 pub use error::StoreError;
 pub use inbox::Inbox;
 pub use outbox::Outbox;
-pub use relay::{Relay, RelaySettings};
+pub use relay::{Handoff, Relay, RelaySettings};
 pub use worker::{Transactional, TxHandler};
 
 /// The service schemas created by the migrations.

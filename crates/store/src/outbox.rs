@@ -2,6 +2,7 @@
 //! change that caused them committed.
 
 use std::sync::Arc;
+use std::time::Duration;
 
 use chrono::{DateTime, Utc};
 use contracts::{Envelope, routing};
@@ -25,10 +26,10 @@ impl Outbox {
             insert: format!(
                 "INSERT INTO {schema}.outbox (message_id, exchange, routing_key, message_type, \
                  correlation_id, causation_id, producer, traceparent, schema_version, payload, \
-                 created_at) \
-                 SELECT * FROM UNNEST($1::uuid[], $2::text[], $3::text[], $4::text[], \
-                 $5::uuid[], $6::uuid[], $7::text[], $8::text[], $9::int4[], $10::jsonb[], \
-                 $11::timestamptz[])"
+                 created_at, available_at) \
+                 SELECT *, now() + make_interval(secs => $12) FROM UNNEST($1::uuid[], \
+                 $2::text[], $3::text[], $4::text[], $5::uuid[], $6::uuid[], $7::text[], \
+                 $8::text[], $9::int4[], $10::jsonb[], $11::timestamptz[])"
             )
             .into(),
         }
@@ -44,7 +45,19 @@ impl Outbox {
         tx: &mut PgConnection,
         messages: &[Envelope],
     ) -> Result<(), sqlx::Error> {
-        self.write_to(tx, routing::EXCHANGE, messages).await
+        self.insert(tx, routing::EXCHANGE, messages, Duration::ZERO)
+            .await
+    }
+
+    /// Adds messages that the caller hands to its relay after the commit
+    /// ([`crate::relay::Handoff`]): no relay claims them before `lease` has passed.
+    pub async fn write_leased(
+        &self,
+        tx: &mut PgConnection,
+        messages: &[Envelope],
+        lease: Duration,
+    ) -> Result<(), sqlx::Error> {
+        self.insert(tx, routing::EXCHANGE, messages, lease).await
     }
 
     /// Adds messages for another exchange (tests, special routes), routed by their type.
@@ -53,6 +66,16 @@ impl Outbox {
         tx: &mut PgConnection,
         exchange: &str,
         messages: &[Envelope],
+    ) -> Result<(), sqlx::Error> {
+        self.insert(tx, exchange, messages, Duration::ZERO).await
+    }
+
+    async fn insert(
+        &self,
+        tx: &mut PgConnection,
+        exchange: &str,
+        messages: &[Envelope],
+        lease: Duration,
     ) -> Result<(), sqlx::Error> {
         if messages.is_empty() {
             return Ok(());
@@ -84,6 +107,7 @@ impl Outbox {
             .bind(rows.schema_version)
             .bind(rows.payload)
             .bind(rows.created_at)
+            .bind(lease.as_secs_f64())
             .execute(tx)
             .await?;
         Ok(())

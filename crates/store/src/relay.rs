@@ -1,13 +1,22 @@
-//! The outbox relay: publishes committed outbox rows and marks them published only after the
-//! broker confirmed them.
+//! The outbox relay: publishes committed outbox rows and deletes each one only after the broker
+//! confirmed it.
 //!
-//! Rows are claimed in commit order with `FOR UPDATE SKIP LOCKED`, so any number of relays can
-//! run against one schema without publishing a row twice at the same time or skipping one. A
-//! row the broker refuses keeps its place, records the error, and waits a growing back-off so it
-//! never blocks the rows behind it. `NOTIFY warren_outbox` wakes the relay; a slow poll catches
-//! anything missed (a notification lost with a dropped connection).
+//! Two ways in:
+//! - **Hand-off** (the hot path): a handler that just committed its outbox rows hands the same
+//!   messages to its process's relay in memory ([`Handoff`]). The relay publishes them at once,
+//!   batched with whatever else was handed meanwhile, and a marker task deletes the confirmed
+//!   rows in batches. Such rows are written with a short lease, so no relay claims them while
+//!   this is under way; if the process dies first, the lease runs out and the claim below
+//!   publishes them.
+//! - **Claim**: rows are claimed in commit order with `FOR UPDATE SKIP LOCKED`, so any number
+//!   of relays can run against one schema without publishing a row twice at the same time or
+//!   skipping one. `NOTIFY warren_outbox` (sent only for rows without a lease) wakes the relay;
+//!   a slow poll catches anything missed and the rows whose lease ran out.
+//!
+//! A row the broker refuses keeps its place, records the error, and waits a growing back-off so
+//! it never blocks the rows behind it.
 
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use bus::chaos::{Fate, Faults};
@@ -15,7 +24,9 @@ use bus::{Outgoing, PublishError, Publisher};
 use chrono::{DateTime, Utc};
 use contracts::Envelope;
 use sqlx::postgres::PgListener;
-use sqlx::{AssertSqlSafe, PgPool};
+use sqlx::{AssertSqlSafe, PgConnection, PgPool};
+use tokio::sync::{Semaphore, mpsc};
+use tokio::task::JoinSet;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, error, info, warn};
@@ -36,6 +47,10 @@ pub struct RelaySettings {
     /// redrive, so a late duplicate still finds its inbox row).
     pub retention: Duration,
     pub prune_interval: Duration,
+    /// How long a handed-off row is left to the fast path before a claim may take it.
+    pub lease: Duration,
+    /// Hand-off batches published at once (each waits for its confirms).
+    pub publishes_in_flight: usize,
 }
 
 impl Default for RelaySettings {
@@ -45,6 +60,8 @@ impl Default for RelaySettings {
             poll_interval: Duration::from_secs(1),
             retention: Duration::from_secs(7 * 24 * 3600),
             prune_interval: Duration::from_secs(60),
+            lease: Duration::from_secs(5),
+            publishes_in_flight: 4,
         }
     }
 }
@@ -57,12 +74,48 @@ pub struct Relay {
     settings: RelaySettings,
     sql: Arc<Statements>,
     faults: Option<Arc<Faults>>,
+    handoff: Handoff,
+    /// Taken by the first `run`; a clone of the relay that runs later has no fast path.
+    handed: Arc<Mutex<Option<mpsc::Receiver<Vec<Envelope>>>>>,
+}
+
+/// Hands messages a handler has just committed to the outbox to the relay that publishes them.
+/// Cheap to clone.
+#[derive(Debug, Clone)]
+pub struct Handoff {
+    lease: Duration,
+    sender: mpsc::Sender<Vec<Envelope>>,
+}
+
+impl Handoff {
+    /// How far ahead the outbox rows of handed-off messages must be made available.
+    pub fn lease(&self) -> Duration {
+        self.lease
+    }
+
+    /// Passes committed messages on; waits while the relay is that far behind. If the relay
+    /// has stopped, the rows wait for their lease to run out and are claimed then.
+    pub async fn hand(&self, messages: Vec<Envelope>) {
+        if messages.is_empty() {
+            return;
+        }
+        if self.sender.send(messages).await.is_err() {
+            debug!("relay gone; the outbox rows go out when their lease ends");
+        }
+    }
+}
+
+/// One message ready to publish, with what the relay needs to know about it.
+struct Ready {
+    message_id: Uuid,
+    message_type: String,
+    outgoing: Outgoing,
 }
 
 #[derive(Debug)]
 struct Statements {
     claim: String,
-    mark_published: String,
+    delete_published: String,
     mark_failed: String,
     prune_outbox: String,
     prune_inbox: String,
@@ -84,6 +137,14 @@ struct Row {
 }
 
 impl Row {
+    fn ready(self) -> Ready {
+        Ready {
+            message_id: self.message_id,
+            message_type: self.message_type.clone(),
+            outgoing: self.outgoing(),
+        }
+    }
+
     fn outgoing(self) -> Outgoing {
         let envelope = Envelope {
             message_id: self.message_id,
@@ -116,14 +177,13 @@ impl Relay {
                  FROM {s}.outbox WHERE published_at IS NULL AND available_at <= now() \
                  ORDER BY seq LIMIT $1 FOR UPDATE SKIP LOCKED"
             ),
-            mark_published: format!(
-                "UPDATE {s}.outbox SET published_at = now() WHERE message_id = ANY($1)"
-            ),
+            delete_published: format!("DELETE FROM {s}.outbox WHERE message_id = ANY($1)"),
             mark_failed: format!(
                 "UPDATE {s}.outbox SET attempts = attempts + 1, last_error = $2, \
                  available_at = now() + make_interval(secs => least(power(2, attempts), 60)) \
                  WHERE message_id = $1"
             ),
+            // Rows published before deletion on publish (kept with `published_at`).
             prune_outbox: format!(
                 "DELETE FROM {s}.outbox WHERE message_id IN (SELECT message_id FROM {s}.outbox \
                  WHERE published_at < now() - make_interval(secs => $1) LIMIT 10000)"
@@ -133,14 +193,25 @@ impl Relay {
                  FROM {s}.inbox WHERE received_at < now() - make_interval(secs => $1) LIMIT 10000)"
             ),
         };
+        let (sender, receiver) = mpsc::channel(1024);
         Self {
             schema,
             pool,
             publisher,
+            handoff: Handoff {
+                lease: settings.lease,
+                sender,
+            },
             settings,
             sql: Arc::new(sql),
             faults: None,
+            handed: Arc::new(Mutex::new(Some(receiver))),
         }
+    }
+
+    /// Where handlers of this process hand their committed messages (see the module docs).
+    pub fn handoff(&self) -> Handoff {
+        self.handoff.clone()
     }
 
     /// Lets injected faults drop saga replies and double messages (chaos rehearsals only).
@@ -150,7 +221,7 @@ impl Relay {
         self
     }
 
-    /// Claims one batch, publishes it and marks what the broker confirmed. Returns how many
+    /// Claims one batch, publishes it and deletes what the broker confirmed. Returns how many
     /// rows were claimed (published or not).
     pub async fn publish_batch(&self) -> Result<usize, StoreError> {
         let mut tx = self.pool.begin().await?;
@@ -158,48 +229,93 @@ impl Relay {
             .bind(self.settings.batch_size)
             .fetch_all(&mut *tx)
             .await?;
-        if rows.is_empty() {
-            tx.commit().await?;
-            return Ok(0);
-        }
         let claimed = rows.len();
-        let ids: Vec<Uuid> = rows.iter().map(|r| r.message_id).collect();
-        let fates: Option<Vec<Fate>> = self
-            .faults
-            .as_ref()
-            .map(|faults| rows.iter().map(|r| faults.fate(&r.message_type)).collect());
-        let messages: Vec<Outgoing> = rows.into_iter().map(Row::outgoing).collect();
-        let results = match fates {
-            None => self.publisher.send_all(&messages).await,
-            Some(fates) => self.send_with_faults(&messages, &fates).await,
-        };
+        if claimed > 0 {
+            let ready: Vec<Ready> = rows.into_iter().map(Row::ready).collect();
+            let (published, refused) = self.publish(&ready).await;
+            self.mark_refused(&mut tx, refused).await?;
+            sqlx::query(AssertSqlSafe(self.sql.delete_published.as_str()))
+                .bind(&published)
+                .execute(&mut *tx)
+                .await?;
+            debug!(
+                schema = self.schema,
+                claimed,
+                published = published.len(),
+                "outbox batch"
+            );
+        }
+        tx.commit().await?;
+        Ok(claimed)
+    }
 
-        let mut published = Vec::with_capacity(claimed);
-        for (id, result) in ids.into_iter().zip(results) {
+    /// Publishes messages (as injected faults say, if any) and sorts them into the confirmed
+    /// and the refused.
+    async fn publish(&self, ready: &[Ready]) -> (Vec<Uuid>, Vec<(Uuid, PublishError)>) {
+        let messages: Vec<Outgoing> = ready.iter().map(|r| r.outgoing.clone()).collect();
+        let results = match &self.faults {
+            None => self.publisher.send_all(&messages).await,
+            Some(faults) => {
+                let fates: Vec<Fate> = ready.iter().map(|r| faults.fate(&r.message_type)).collect();
+                self.send_with_faults(&messages, &fates).await
+            }
+        };
+        let mut published = Vec::with_capacity(ready.len());
+        let mut refused = Vec::new();
+        for (r, result) in ready.iter().zip(results) {
             match result {
-                Ok(()) => published.push(id),
+                Ok(()) => published.push(r.message_id),
                 Err(error) => {
-                    warn!(schema = self.schema, message_id = %id, %error, "outbox row not published");
-                    sqlx::query(AssertSqlSafe(self.sql.mark_failed.as_str()))
-                        .bind(id)
-                        .bind(error.to_string())
-                        .execute(&mut *tx)
-                        .await?;
+                    warn!(schema = self.schema, message_id = %r.message_id, %error, "outbox row not published");
+                    refused.push((r.message_id, error));
                 }
             }
         }
-        sqlx::query(AssertSqlSafe(self.sql.mark_published.as_str()))
-            .bind(&published)
-            .execute(&mut *tx)
-            .await?;
-        tx.commit().await?;
-        debug!(
-            schema = self.schema,
-            claimed,
-            published = published.len(),
-            "outbox batch"
-        );
-        Ok(claimed)
+        (published, refused)
+    }
+
+    /// Records why rows were refused and backs them off.
+    async fn mark_refused(
+        &self,
+        db: &mut PgConnection,
+        refused: Vec<(Uuid, PublishError)>,
+    ) -> Result<(), sqlx::Error> {
+        for (id, error) in refused {
+            sqlx::query(AssertSqlSafe(self.sql.mark_failed.as_str()))
+                .bind(id)
+                .bind(error.to_string())
+                .execute(&mut *db)
+                .await?;
+        }
+        Ok(())
+    }
+
+    /// Publishes handed-off messages and passes the confirmed ids to the marker; refused rows
+    /// are backed off like claimed ones.
+    async fn publish_handed(&self, handed: Vec<Envelope>, marks: mpsc::UnboundedSender<Vec<Uuid>>) {
+        let ready: Vec<Ready> = handed
+            .into_iter()
+            .map(|m| Ready {
+                message_id: m.message_id,
+                message_type: m.message_type.clone(),
+                outgoing: Outgoing::event(&m),
+            })
+            .collect();
+        let (published, refused) = self.publish(&ready).await;
+        if !published.is_empty() {
+            let _ = marks.send(published);
+        }
+        if refused.is_empty() {
+            return;
+        }
+        let marked = match self.pool.acquire().await {
+            Ok(mut conn) => self.mark_refused(&mut conn, refused).await,
+            Err(error) => Err(error),
+        };
+        if let Err(error) = marked {
+            // Their lease runs out and a claim publishes them again.
+            warn!(schema = self.schema, %error, "cannot record refused outbox rows");
+        }
     }
 
     /// Publishes each message as its fate says; a dropped one counts as published.
@@ -264,18 +380,34 @@ impl Relay {
         Ok(removed)
     }
 
-    /// Runs until `shutdown`: drain, then sleep until a notification or the poll interval.
+    /// Runs until `shutdown`: publishes handed-off messages as they come, and drains claimable
+    /// rows whenever a notification or the poll interval says so.
     pub async fn run(self, shutdown: CancellationToken) -> Result<(), StoreError> {
         let mut listener = PgListener::connect_with(&self.pool).await?;
         listener.listen(NOTIFY_CHANNEL).await?;
-        info!(schema = self.schema, "outbox relay running");
+        let mut handed = self.handed.lock().expect("relay lock").take();
+        let (marks, marked) = mpsc::unbounded_channel();
+        let marker = tokio::spawn(delete_published(
+            self.schema,
+            self.pool.clone(),
+            Arc::clone(&self.sql),
+            marked,
+            shutdown.clone(),
+        ));
+        let slots = Arc::new(Semaphore::new(self.settings.publishes_in_flight.max(1)));
+        let mut publishing = JoinSet::new();
+        info!(
+            schema = self.schema,
+            fast_path = handed.is_some(),
+            "outbox relay running"
+        );
+        let mut next_drain = Instant::now();
         let mut next_prune = Instant::now();
         loop {
-            if let Err(error) = self.drain().await {
-                error!(schema = self.schema, %error, "outbox relay round failed");
-                tokio::select! {
-                    () = shutdown.cancelled() => break,
-                    () = tokio::time::sleep(self.settings.poll_interval) => continue,
+            if Instant::now() >= next_drain {
+                next_drain = Instant::now() + self.settings.poll_interval;
+                if let Err(error) = self.drain().await {
+                    error!(schema = self.schema, %error, "outbox relay round failed");
                 }
             }
             if Instant::now() >= next_prune {
@@ -291,17 +423,97 @@ impl Relay {
             }
             tokio::select! {
                 () = shutdown.cancelled() => break,
+                Some(batch) = next_handed(&mut handed, self.settings.batch_size) => {
+                    let permit = Arc::clone(&slots).acquire_owned().await.expect("never closed");
+                    let (relay, marks) = (self.clone(), marks.clone());
+                    publishing.spawn(async move {
+                        relay.publish_handed(batch, marks).await;
+                        drop(permit);
+                    });
+                }
+                Some(_) = publishing.join_next(), if !publishing.is_empty() => {}
                 notification = listener.recv() => {
-                    if let Err(error) = notification {
-                        // The listener reconnects on the next recv; the poll covers the gap.
-                        warn!(%error, "outbox listener interrupted");
-                        tokio::time::sleep(self.settings.poll_interval).await;
+                    match notification {
+                        Ok(_) => next_drain = Instant::now(),
+                        Err(error) => {
+                            // The listener reconnects on the next recv; the poll covers the gap.
+                            warn!(%error, "outbox listener interrupted");
+                            tokio::time::sleep(self.settings.poll_interval).await;
+                        }
                     }
                 }
-                () = tokio::time::sleep(self.settings.poll_interval) => {}
+                () = tokio::time::sleep_until(next_drain) => {}
             }
         }
+        // What was handed over and not yet published goes out now; the rest waits for its lease.
+        if let Some(mut handed) = handed {
+            handed.close();
+            while let Some(batch) = handed.recv().await {
+                self.publish_handed(batch, marks.clone()).await;
+            }
+        }
+        while publishing.join_next().await.is_some() {}
+        drop(marks);
+        let _ = marker.await;
         info!(schema = self.schema, "outbox relay stopped");
         Ok(())
+    }
+}
+
+/// Waits for handed-off messages and takes up to about `limit` of them at once; never ready
+/// when this relay has no fast path.
+async fn next_handed(
+    handed: &mut Option<mpsc::Receiver<Vec<Envelope>>>,
+    limit: i64,
+) -> Option<Vec<Envelope>> {
+    let Some(receiver) = handed else {
+        return std::future::pending().await;
+    };
+    let mut batch = receiver.recv().await?;
+    let limit = usize::try_from(limit).unwrap_or(usize::MAX);
+    while batch.len() < limit {
+        match receiver.try_recv() {
+            Ok(more) => batch.extend(more),
+            Err(_) => break,
+        }
+    }
+    Some(batch)
+}
+
+/// Deletes confirmed hand-off rows, many per statement. Ids it cannot delete (database down at
+/// shutdown) are left: their lease runs out and a claim publishes them again, which inboxes
+/// absorb.
+async fn delete_published(
+    schema: &'static str,
+    pool: PgPool,
+    sql: Arc<Statements>,
+    mut marked: mpsc::UnboundedReceiver<Vec<Uuid>>,
+    shutdown: CancellationToken,
+) {
+    const MOST: usize = 5_000;
+    while let Some(mut ids) = marked.recv().await {
+        while ids.len() < MOST {
+            match marked.try_recv() {
+                Ok(more) => ids.extend(more),
+                Err(_) => break,
+            }
+        }
+        loop {
+            match sqlx::query(AssertSqlSafe(sql.delete_published.as_str()))
+                .bind(&ids)
+                .execute(&pool)
+                .await
+            {
+                Ok(_) => break,
+                Err(error) if shutdown.is_cancelled() => {
+                    warn!(schema, %error, left = ids.len(), "cannot delete published rows; a claim republishes them");
+                    break;
+                }
+                Err(error) => {
+                    warn!(schema, %error, "cannot delete published rows; trying again");
+                    tokio::time::sleep(Duration::from_millis(500)).await;
+                }
+            }
+        }
     }
 }

@@ -1,14 +1,27 @@
 //! The handler order every participant follows, written once: begin a transaction, claim the
 //! message in the inbox (a duplicate is skipped), apply the change, write the messages it
-//! causes to the outbox, commit. The bus acks only after this returns `Ok`.
+//! causes to the outbox, commit. The bus acks only after this returns `Ok`. With a
+//! [`Handoff`], the committed messages then go straight to the process's relay.
+//!
+//! **Group commit** ([`Transactional::with_group_commit`]): deliveries that arrive while a
+//! transaction of this handler is running wait, and the next transaction takes all of them at
+//! once: one begin, one inbox insert, each message's change, one outbox insert, one commit.
+//! Each message still gets its own answer, and an ack only after the commit that holds its
+//! effects. If any message of a group fails, the group is rolled back and each message runs
+//! again in a transaction of its own, so one bad message never takes others down with it.
 
+use std::collections::HashSet;
 use std::future::Future;
+use std::sync::Mutex;
 
 use bus::HandlerError;
 use contracts::Envelope;
 use sqlx::{PgConnection, PgPool};
+use tokio::sync::{Semaphore, oneshot};
 use tracing::debug;
+use uuid::Uuid;
 
+use crate::relay::Handoff;
 use crate::{Inbox, Outbox, StoreError};
 
 /// The part of a handler that is specific to a service: change its tables inside `tx` and
@@ -29,7 +42,25 @@ pub struct Transactional<H> {
     consumer: String,
     inbox: Inbox,
     outbox: Outbox,
+    handoff: Option<Handoff>,
+    group: Option<Group>,
     inner: H,
+}
+
+/// Deliveries waiting for the next group transaction.
+#[derive(Debug)]
+struct Group {
+    most: usize,
+    waiting: Mutex<Vec<Waiting>>,
+    /// One group transaction at a time: the next one takes everything that came meanwhile, and
+    /// two groups of one handler never wait on each other's row locks.
+    turn: Semaphore,
+}
+
+#[derive(Debug)]
+struct Waiting {
+    message: Envelope,
+    answer: oneshot::Sender<Result<(), HandlerError>>,
 }
 
 impl<H> Transactional<H> {
@@ -40,8 +71,29 @@ impl<H> Transactional<H> {
             consumer: consumer.into(),
             inbox: Inbox::new(schema),
             outbox: Outbox::new(schema),
+            handoff: None,
+            group: None,
             inner,
         }
+    }
+
+    /// Commits up to `most` deliveries in one transaction when they arrive together (see the
+    /// module docs). Only for handlers whose work is short: a group waits for its slowest part.
+    #[must_use]
+    pub fn with_group_commit(mut self, most: usize) -> Self {
+        self.group = (most > 1).then(|| Group {
+            most,
+            waiting: Mutex::new(Vec::new()),
+            turn: Semaphore::new(1),
+        });
+        self
+    }
+
+    /// Hands committed messages to a relay of the same schema for immediate publishing.
+    #[must_use]
+    pub fn with_handoff(mut self, handoff: Handoff) -> Self {
+        self.handoff = Some(handoff);
+        self
     }
 
     pub fn inner(&self) -> &H {
@@ -51,6 +103,106 @@ impl<H> Transactional<H> {
 
 impl<H: TxHandler> bus::Handler for Transactional<H> {
     async fn handle(&self, message: Envelope) -> Result<(), HandlerError> {
+        match &self.group {
+            None => self.handle_one(message).await,
+            Some(group) => self.handle_in_group(group, message).await,
+        }
+    }
+}
+
+impl<H: TxHandler> Transactional<H> {
+    /// Queues the message, then either waits for the group transaction that takes it or, when
+    /// no group is running, runs one itself with whatever is queued.
+    async fn handle_in_group(&self, group: &Group, message: Envelope) -> Result<(), HandlerError> {
+        let (answer, mut answered) = oneshot::channel();
+        group
+            .waiting
+            .lock()
+            .expect("group lock")
+            .push(Waiting { message, answer });
+        let abandoned = || HandlerError::Transient("the group transaction was abandoned".into());
+        loop {
+            tokio::select! {
+                biased;
+                result = &mut answered => return result.unwrap_or_else(|_| Err(abandoned())),
+                turn = group.turn.acquire() => {
+                    let _turn = turn.expect("never closed");
+                    let taken: Vec<Waiting> = {
+                        let mut waiting = group.waiting.lock().expect("group lock");
+                        let n = waiting.len().min(group.most);
+                        waiting.drain(..n).collect()
+                    };
+                    if taken.is_empty() {
+                        // Another group took this message; its answer is on the way.
+                        return answered.await.unwrap_or_else(|_| Err(abandoned()));
+                    }
+                    self.commit_group(taken).await;
+                }
+            }
+        }
+    }
+
+    /// Commits a group in one transaction, or each of its messages alone if that fails.
+    async fn commit_group(&self, group: Vec<Waiting>) {
+        if group.len() > 1 {
+            let messages: Vec<&Envelope> = group.iter().map(|w| &w.message).collect();
+            match self.apply_group(&messages).await {
+                Ok(()) => {
+                    for waiting in group {
+                        let _ = waiting.answer.send(Ok(()));
+                    }
+                    return;
+                }
+                Err(error) => debug!(%error, size = group.len(), "group failed; one at a time"),
+            }
+        }
+        for waiting in group {
+            let result = self.handle_one(waiting.message).await;
+            let _ = waiting.answer.send(result);
+        }
+    }
+
+    async fn apply_group(&self, messages: &[&Envelope]) -> Result<(), HandlerError> {
+        let mut tx = self.pool.begin().await.map_err(StoreError::from)?;
+        let ids: Vec<Uuid> = messages.iter().map(|m| m.message_id).collect();
+        let mut fresh: HashSet<Uuid> = self
+            .inbox
+            .claim_all(&mut tx, &self.consumer, &ids)
+            .await
+            .map_err(StoreError::from)?;
+        let mut caused = Vec::new();
+        for message in messages {
+            if fresh.remove(&message.message_id) {
+                caused.extend(self.inner.apply(&mut tx, message).await?);
+            } else {
+                debug!(message_id = %message.message_id, "duplicate; already handled");
+                self.inbox
+                    .count_duplicate(&mut tx, &self.consumer, message.message_id)
+                    .await
+                    .map_err(StoreError::from)?;
+            }
+        }
+        self.write_outbox(&mut tx, &caused).await?;
+        tx.commit().await.map_err(StoreError::from)?;
+        if let Some(handoff) = &self.handoff {
+            handoff.hand(caused).await;
+        }
+        Ok(())
+    }
+
+    async fn write_outbox(
+        &self,
+        tx: &mut PgConnection,
+        caused: &[Envelope],
+    ) -> Result<(), HandlerError> {
+        let written = match &self.handoff {
+            Some(handoff) => self.outbox.write_leased(tx, caused, handoff.lease()).await,
+            None => self.outbox.write(tx, caused).await,
+        };
+        Ok(written.map_err(StoreError::from)?)
+    }
+
+    async fn handle_one(&self, message: Envelope) -> Result<(), HandlerError> {
         let mut tx = self.pool.begin().await.map_err(StoreError::from)?;
         let first_time = self
             .inbox
@@ -67,11 +219,11 @@ impl<H: TxHandler> bus::Handler for Transactional<H> {
             return Ok(());
         }
         let caused = self.inner.apply(&mut tx, &message).await?;
-        self.outbox
-            .write(&mut tx, &caused)
-            .await
-            .map_err(StoreError::from)?;
+        self.write_outbox(&mut tx, &caused).await?;
         tx.commit().await.map_err(StoreError::from)?;
+        if let Some(handoff) = &self.handoff {
+            handoff.hand(caused).await;
+        }
         Ok(())
     }
 }

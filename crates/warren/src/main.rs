@@ -17,6 +17,7 @@ mod bench;
 mod broker;
 mod chaos;
 mod dlq;
+mod history;
 mod output;
 mod queries;
 mod run;

@@ -16,7 +16,7 @@ use contracts::Schemas;
 use orchestrator::{Engine, SagaQueries};
 use saga::Definition;
 use sqlx::PgPool;
-use store::{Relay, RelaySettings, Transactional};
+use store::{Handoff, Relay, RelaySettings, Transactional};
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 use tracing::{error, info, warn};
@@ -127,6 +127,10 @@ fn faults(settings: &Settings) -> anyhow::Result<Faults> {
 
 type Tasks = JoinSet<anyhow::Result<()>>;
 
+/// Most deliveries one handler commits in a single transaction when they arrive together (the
+/// images worker, whose work is long, commits each alone).
+const GROUP_COMMIT: usize = 64;
+
 /// What every component needs, and how to start each.
 struct Components {
     settings: Settings,
@@ -173,7 +177,8 @@ impl Components {
         Ok(())
     }
 
-    async fn relay(&self, tasks: &mut Tasks, schema: &'static str) -> anyhow::Result<()> {
+    /// Starts the outbox relay of a schema; handlers of that schema hand it their messages.
+    async fn relay(&self, tasks: &mut Tasks, schema: &'static str) -> anyhow::Result<Handoff> {
         let relay = Relay::new(
             schema,
             self.pool.clone(),
@@ -181,9 +186,10 @@ impl Components {
             RelaySettings::default(),
         )
         .with_faults(self.faults.clone());
+        let handoff = relay.handoff();
         let token = self.shutdown.clone();
         tasks.spawn(async move { Ok(relay.run(token).await?) });
-        Ok(())
+        Ok(handoff)
     }
 
     fn answer<H: QueryHandler>(&self, tasks: &mut Tasks, queue: &'static str, handler: H) {
@@ -218,38 +224,38 @@ impl Components {
             ),
             _ => unreachable!("only services"),
         };
+        let handoff = self.relay(tasks, schema).await?;
+        let name = component.name();
         match component {
-            Component::Order => self.consume(
-                tasks,
-                queue,
-                component.name(),
-                Arc::new(services::order::handler(pool.clone())),
-            )?,
-            Component::Inventory => self.consume(
-                tasks,
-                queue,
-                component.name(),
-                Arc::new(services::inventory::handler(pool.clone())),
-            )?,
-            _ => self.consume(
-                tasks,
-                queue,
-                component.name(),
-                Arc::new(services::payment::handler(
-                    pool.clone(),
-                    self.faults.clone(),
-                )),
-            )?,
+            Component::Order => {
+                let handler = services::order::handler(pool.clone())
+                    .with_handoff(handoff)
+                    .with_group_commit(GROUP_COMMIT);
+                self.consume(tasks, queue, name, Arc::new(handler))?;
+            }
+            Component::Inventory => {
+                let handler = services::inventory::handler(pool.clone())
+                    .with_handoff(handoff)
+                    .with_group_commit(GROUP_COMMIT);
+                self.consume(tasks, queue, name, Arc::new(handler))?;
+            }
+            _ => {
+                let handler = services::payment::handler(pool.clone(), self.faults.clone())
+                    .with_handoff(handoff)
+                    .with_group_commit(GROUP_COMMIT);
+                self.consume(tasks, queue, name, Arc::new(handler))?;
+            }
         }
-        self.relay(tasks, schema).await?;
         self.answer(tasks, queries, ServiceQueries { service, pool });
         Ok(())
     }
 
     async fn image(&self, tasks: &mut Tasks) -> anyhow::Result<()> {
         let store = images::store::ImageStore::new(&self.settings.image_store);
+        let handoff = self.relay(tasks, images::worker::SCHEMA).await?;
         let handler =
-            images::worker::handler(self.pool.clone(), store, images::process::Limits::default());
+            images::worker::handler(self.pool.clone(), store, images::process::Limits::default())
+                .with_handoff(handoff);
         // Image work is CPU-bound: take no more at once than there are cores to do it.
         let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
         let prefetch = u16::try_from(cores).unwrap_or(u16::MAX);
@@ -260,7 +266,6 @@ impl Components {
             Arc::new(handler),
             prefetch,
         )?;
-        self.relay(tasks, images::worker::SCHEMA).await?;
         self.answer(
             tasks,
             "image.queries",
@@ -276,13 +281,17 @@ impl Components {
         use notifications::delivery::{self, AnyChannel, SmtpSettings};
         let smtp = SmtpSettings::from_env()?;
         let channel = AnyChannel::configured(smtp.as_ref())?;
+        let handoff = self.relay(tasks, notifications::SCHEMA).await?;
         self.consume(
             tasks,
             "notification.events",
             "notification",
-            Arc::new(notifications::handler(self.pool.clone())),
+            Arc::new(
+                notifications::handler(self.pool.clone())
+                    .with_handoff(handoff)
+                    .with_group_commit(GROUP_COMMIT),
+            ),
         )?;
-        self.relay(tasks, notifications::SCHEMA).await?;
         self.answer(
             tasks,
             "notification.queries",
@@ -298,15 +307,19 @@ impl Components {
 
     async fn orchestrator(&self, tasks: &mut Tasks) -> anyhow::Result<()> {
         let engine = Engine::new(self.pool.clone(), definitions(&self.settings)?);
-        let handler = Arc::new(Transactional::new(
-            self.pool.clone(),
-            orchestrator::SCHEMA,
-            orchestrator::COMPONENT,
-            engine.clone(),
-        ));
+        let handoff = self.relay(tasks, orchestrator::SCHEMA).await?;
+        let handler = Arc::new(
+            Transactional::new(
+                self.pool.clone(),
+                orchestrator::SCHEMA,
+                orchestrator::COMPONENT,
+                engine.clone(),
+            )
+            .with_handoff(handoff)
+            .with_group_commit(GROUP_COMMIT),
+        );
         self.consume(tasks, "saga.commands", "orchestrator", Arc::clone(&handler))?;
         self.consume(tasks, "saga.replies", "orchestrator", handler)?;
-        self.relay(tasks, orchestrator::SCHEMA).await?;
         self.answer(tasks, "saga.queries", SagaQueries::new(self.pool.clone()));
         let token = self.shutdown.clone();
         let interval = Duration::from_millis(self.settings.sweep_interval_ms);

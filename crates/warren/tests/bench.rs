@@ -48,11 +48,47 @@ async fn the_bench_runs_every_checkout_through_the_gateway_and_reports_figures()
             .unwrap()
             > 0.0
     );
+    // Every checkout saga is at least a start, four commands, four replies and their events.
+    assert!(
+        results["saga_messages_per_second"].as_f64().unwrap()
+            > 9.0 * results["sagas_per_second"].as_f64().unwrap(),
+        "{results:#}"
+    );
+    assert_eq!(results["history"]["finished_sagas"], 0);
     let sagas: i64 = sqlx::query_scalar("SELECT count(*) FROM sagas.sagas")
         .fetch_one(&system.pool)
         .await
         .unwrap();
     assert_eq!(sagas, 40);
+
+    // A long history, copied from the finished sagas, leaves every invariant standing.
+    let grown = system
+        .cli(&[
+            "--json",
+            "bench",
+            "--checkouts",
+            "20",
+            "--concurrency",
+            "8",
+            "--floor-messages",
+            "0",
+            "--history",
+            "200",
+        ])
+        .await;
+    assert_eq!(grown.code, 0, "{grown:?}");
+    let results = grown.json();
+    assert_eq!(results["history"]["finished_sagas"], 200, "{results:#}");
+    assert_eq!(results["history"]["added"], 160, "{results:#}");
+    assert_eq!(results["invariants"]["holds"], true, "{results:#}");
+    let (sagas, logs): (i64, i64) = sqlx::query_as(
+        "SELECT (SELECT count(*) FROM sagas.sagas), \
+                (SELECT count(DISTINCT saga_id) FROM sagas.saga_log)",
+    )
+    .fetch_one(&system.pool)
+    .await
+    .unwrap();
+    assert_eq!((sagas, logs), (220, 220));
     system.stop().await;
 }
 
