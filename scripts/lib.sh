@@ -66,6 +66,12 @@ ensure_postgres() {
     # A fresh install authenticates TCP logins by password: give postgres the one we use.
     as_root runuser -u postgres -- psql -qc "ALTER USER postgres PASSWORD 'postgres'"
   fi
+  # Outbox rows are deleted as they are published and saga rows rewritten at every step: without
+  # autovacuum (some machines turn it off) dead rows pile up and every claim gets slower.
+  if [ "$(psql "$PG_ADMIN_URL" -qtAc 'SHOW autovacuum')" != on ]; then
+    log "turning PostgreSQL's autovacuum on"
+    psql "$PG_ADMIN_URL" -qc "ALTER SYSTEM SET autovacuum = on" -c "SELECT pg_reload_conf()" >/dev/null
+  fi
   if [ "$(psql "$PG_ADMIN_URL" -qtAc "SELECT 1 FROM pg_database WHERE datname = '$WARREN_DB'")" != 1 ]; then
     log "creating database $WARREN_DB"
     psql "$PG_ADMIN_URL" -qc "CREATE DATABASE $WARREN_DB"

@@ -2,8 +2,9 @@
 
 use std::time::Duration;
 
+use sqlx::ConnectOptions;
 use sqlx::PgPool;
-use sqlx::postgres::PgPoolOptions;
+use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
 use tracing::{info, warn};
 
 use crate::StoreError;
@@ -36,8 +37,12 @@ pub async fn connect(settings: &DbSettings) -> Result<PgPool, StoreError> {
         .acquire_timeout(settings.connect_timeout.min(Duration::from_secs(10)));
     let deadline = tokio::time::Instant::now() + settings.connect_timeout;
     let mut wait = Duration::from_millis(100);
+    let connect: PgConnectOptions = settings.url.parse()?;
+    // Slow statements are worth knowing about in a service's log (info), not worth a warning
+    // in the middle of an operator command's answer (those log at warn).
+    let connect = connect.log_slow_statements(log::LevelFilter::Info, Duration::from_secs(1));
     loop {
-        match options.clone().connect(&settings.url).await {
+        match options.clone().connect_with(connect.clone()).await {
             Ok(pool) => {
                 info!("connected to PostgreSQL");
                 return Ok(pool);

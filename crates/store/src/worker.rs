@@ -52,8 +52,7 @@ pub struct Transactional<H> {
 struct Group {
     most: usize,
     waiting: Mutex<Vec<Waiting>>,
-    /// One group transaction at a time: the next one takes everything that came meanwhile, and
-    /// two groups of one handler never wait on each other's row locks.
+    /// Group transactions running at once; the next one takes everything that came meanwhile.
     turn: Semaphore,
 }
 
@@ -77,14 +76,17 @@ impl<H> Transactional<H> {
         }
     }
 
-    /// Commits up to `most` deliveries in one transaction when they arrive together (see the
-    /// module docs). Only for handlers whose work is short: a group waits for its slowest part.
+    /// Commits up to `most` deliveries in one transaction when they arrive together, with up to
+    /// `at_once` such transactions running (see the module docs). Only for handlers whose work
+    /// is short: a group waits for its slowest part. More than one at a time only where two
+    /// messages rarely lock the same rows (saga rows, say): groups that wait on each other's
+    /// locks in opposite orders deadlock, and PostgreSQL breaks that only after a second.
     #[must_use]
-    pub fn with_group_commit(mut self, most: usize) -> Self {
+    pub fn with_group_commit(mut self, most: usize, at_once: usize) -> Self {
         self.group = (most > 1).then(|| Group {
             most,
             waiting: Mutex::new(Vec::new()),
-            turn: Semaphore::new(1),
+            turn: Semaphore::new(at_once.max(1)),
         });
         self
     }
@@ -126,7 +128,7 @@ impl<H: TxHandler> Transactional<H> {
                 biased;
                 result = &mut answered => return result.unwrap_or_else(|_| Err(abandoned())),
                 turn = group.turn.acquire() => {
-                    let _turn = turn.expect("never closed");
+                    let turn = turn.expect("never closed");
                     let taken: Vec<Waiting> = {
                         let mut waiting = group.waiting.lock().expect("group lock");
                         let n = waiting.len().min(group.most);
@@ -134,9 +136,11 @@ impl<H: TxHandler> Transactional<H> {
                     };
                     if taken.is_empty() {
                         // Another group took this message; its answer is on the way.
+                        drop(turn);
                         return answered.await.unwrap_or_else(|_| Err(abandoned()));
                     }
                     self.commit_group(taken).await;
+                    drop(turn);
                 }
             }
         }

@@ -206,7 +206,7 @@ async fn deliveries_arriving_together_share_a_transaction_and_each_counts_once(p
                 refuse: None,
             },
         )
-        .with_group_commit(64),
+        .with_group_commit(64, 1),
     );
     let mut messages: Vec<Envelope> = (0..40).map(|n| command(prefix, n)).collect();
     // A redelivery of message 7 in the same burst.
@@ -248,7 +248,7 @@ async fn a_failing_delivery_in_a_group_fails_alone(pool: PgPool) {
                 refuse: Some(13),
             },
         )
-        .with_group_commit(64),
+        .with_group_commit(64, 1),
     );
     let messages: Vec<Envelope> = (0..30).map(|n| command(prefix, n)).collect();
     let ids: Vec<Uuid> = messages.iter().map(|m| m.message_id).collect();

@@ -81,8 +81,28 @@ pub mod exit {
     pub const FAILURE: u8 = 5;
 }
 
-#[tokio::main]
-async fn main() -> std::process::ExitCode {
+fn main() -> std::process::ExitCode {
+    // Threads for async work; by default one per core. On a small machine running several
+    // Warren processes, fewer threads per process mean fewer wake-ups across threads.
+    let mut runtime = tokio::runtime::Builder::new_multi_thread();
+    runtime.enable_all();
+    if let Some(threads) = std::env::var("WARREN_WORKER_THREADS")
+        .ok()
+        .and_then(|v| v.parse::<usize>().ok())
+        .filter(|&n| n > 0)
+    {
+        runtime.worker_threads(threads);
+    }
+    match runtime.build() {
+        Ok(runtime) => runtime.block_on(cli_main()),
+        Err(error) => {
+            eprintln!("error: cannot start the async runtime: {error}");
+            std::process::ExitCode::from(exit::FAILURE)
+        }
+    }
+}
+
+async fn cli_main() -> std::process::ExitCode {
     let mut cli = Cli::parse();
     if !matches!(cli.command, Command::Run(_)) {
         // An operator waiting at a terminal wants to hear soon that a server is down.

@@ -130,6 +130,9 @@ type Tasks = JoinSet<anyhow::Result<()>>;
 /// Most deliveries one handler commits in a single transaction when they arrive together (the
 /// images worker, whose work is long, commits each alone).
 const GROUP_COMMIT: usize = 64;
+/// Group transactions the orchestrator runs at once. The workers run one at a time: two groups
+/// of reservations or charges could lock the same products or accounts in opposite orders.
+const ORCHESTRATOR_GROUPS: usize = 4;
 
 /// What every component needs, and how to start each.
 struct Components {
@@ -230,19 +233,19 @@ impl Components {
             Component::Order => {
                 let handler = services::order::handler(pool.clone())
                     .with_handoff(handoff)
-                    .with_group_commit(GROUP_COMMIT);
+                    .with_group_commit(GROUP_COMMIT, 1);
                 self.consume(tasks, queue, name, Arc::new(handler))?;
             }
             Component::Inventory => {
                 let handler = services::inventory::handler(pool.clone())
                     .with_handoff(handoff)
-                    .with_group_commit(GROUP_COMMIT);
+                    .with_group_commit(GROUP_COMMIT, 1);
                 self.consume(tasks, queue, name, Arc::new(handler))?;
             }
             _ => {
                 let handler = services::payment::handler(pool.clone(), self.faults.clone())
                     .with_handoff(handoff)
-                    .with_group_commit(GROUP_COMMIT);
+                    .with_group_commit(GROUP_COMMIT, 1);
                 self.consume(tasks, queue, name, Arc::new(handler))?;
             }
         }
@@ -289,7 +292,7 @@ impl Components {
             Arc::new(
                 notifications::handler(self.pool.clone())
                     .with_handoff(handoff)
-                    .with_group_commit(GROUP_COMMIT),
+                    .with_group_commit(GROUP_COMMIT, 1),
             ),
         )?;
         self.answer(
@@ -316,7 +319,8 @@ impl Components {
                 engine.clone(),
             )
             .with_handoff(handoff)
-            .with_group_commit(GROUP_COMMIT),
+            // Replies of different sagas lock different rows: groups may overlap.
+            .with_group_commit(GROUP_COMMIT, ORCHESTRATOR_GROUPS),
         );
         self.consume(tasks, "saga.commands", "orchestrator", Arc::clone(&handler))?;
         self.consume(tasks, "saga.replies", "orchestrator", handler)?;

@@ -265,7 +265,8 @@ async fn sagas_agree_with_orders(pool: &PgPool) -> anyhow::Result<Check> {
         "SELECT format('saga %s %s, order %s %s', s.saga_id, s.status, \
                        s.state->'context'->>'order_id', coalesce(o.status, 'none')) \
          FROM sagas.sagas s \
-         LEFT JOIN orders.orders o ON o.order_id::text = s.state->'context'->>'order_id' \
+         LEFT JOIN orders.orders o \
+                ON o.order_id = (s.state->'context'->>'order_id')::uuid \
          WHERE s.definition = 'checkout' AND ( \
              (s.status = 'completed' AND o.status IS DISTINCT FROM 'confirmed') \
           OR (s.status = 'compensated' AND o.status = ANY (ARRAY['pending', 'confirmed'])))",
