@@ -173,6 +173,15 @@ async fn a_leased_row_is_claimed_only_once_its_lease_ran_out(pool: PgPool) {
         .unwrap();
 }
 
+/// A recorder that commits deliveries arriving together in one transaction.
+fn grouped(pool: &PgPool, prefix: &str, refuse: Option<i64>) -> Arc<Transactional<Recorder>> {
+    let recorder = Recorder {
+        prefix: prefix.into(),
+        refuse,
+    };
+    Arc::new(Transactional::new(pool.clone(), "orders", "test", recorder).with_group_commit(64, 1))
+}
+
 /// Runs `messages` through `handler` all at once, as a consumer with a large prefetch does.
 async fn handle_together<H: TxHandler>(
     handler: &Arc<Transactional<H>>,
@@ -196,18 +205,7 @@ async fn handle_together<H: TxHandler>(
 async fn deliveries_arriving_together_share_a_transaction_and_each_counts_once(pool: PgPool) {
     effects_table(&pool).await;
     let prefix = "grouped";
-    let handler = Arc::new(
-        Transactional::new(
-            pool.clone(),
-            "orders",
-            "test",
-            Recorder {
-                prefix: prefix.into(),
-                refuse: None,
-            },
-        )
-        .with_group_commit(64, 1),
-    );
+    let handler = grouped(&pool, prefix, None);
     let mut messages: Vec<Envelope> = (0..40).map(|n| command(prefix, n)).collect();
     // A redelivery of message 7 in the same burst.
     messages.push(messages[7].clone());
@@ -238,18 +236,7 @@ async fn deliveries_arriving_together_share_a_transaction_and_each_counts_once(p
 async fn a_failing_delivery_in_a_group_fails_alone(pool: PgPool) {
     effects_table(&pool).await;
     let prefix = "grouped";
-    let handler = Arc::new(
-        Transactional::new(
-            pool.clone(),
-            "orders",
-            "test",
-            Recorder {
-                prefix: prefix.into(),
-                refuse: Some(13),
-            },
-        )
-        .with_group_commit(64, 1),
-    );
+    let handler = grouped(&pool, prefix, Some(13));
     let messages: Vec<Envelope> = (0..30).map(|n| command(prefix, n)).collect();
     let ids: Vec<Uuid> = messages.iter().map(|m| m.message_id).collect();
 
