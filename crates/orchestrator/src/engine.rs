@@ -186,23 +186,7 @@ impl Engine {
         note: &str,
         transition: &Transition,
     ) -> Result<Vec<Envelope>, EngineError> {
-        let mut messages: Vec<Envelope> = transition
-            .commands
-            .iter()
-            .map(|c| {
-                let message = Envelope::raw(COMPONENT, &c.message_type, c.payload.clone());
-                correlate(message, saga.id, cause)
-            })
-            .collect();
-        let sent: Vec<Value> = transition
-            .commands
-            .iter()
-            .zip(&messages)
-            .map(|(c, m)| {
-                json!({"message_id": m.message_id, "message_type": c.message_type,
-                       "step": c.step, "compensation": c.compensation})
-            })
-            .collect();
+        let (messages, sent) = caused(saga, transition, cause);
         repo::append(
             tx,
             saga,
@@ -211,19 +195,113 @@ impl Engine {
             cause.map(|c| c.message_id),
             applied,
             note,
-            &Value::Array(sent),
+            &sent,
         )
         .await?;
-        let updated = SagaUpdated {
-            view: view::of(saga),
-            transition: note.to_owned(),
-        };
-        messages.push(correlate(
-            Envelope::new(COMPONENT, &updated),
-            saga.id,
-            cause,
-        ));
         Ok(messages)
+    }
+
+    /// Applies the replies of a group commit with four statements in all: lock every saga,
+    /// find where each log goes on, save the sagas that changed, append every log entry.
+    /// Starts and messages for no saga take the one-at-a-time path.
+    async fn apply_replies(
+        &self,
+        tx: &mut PgConnection,
+        messages: &[&Envelope],
+    ) -> Result<Vec<Envelope>, EngineError> {
+        let now = now();
+        let mut caused_all = Vec::new();
+        let mut replies = Vec::with_capacity(messages.len());
+        for message in messages {
+            match message.correlation_id {
+                Some(saga_id) if message.message_type != SagaStart::TYPE => {
+                    replies.push((saga_id, *message));
+                }
+                _ => caused_all.extend(self.apply_message(tx, message, now).await?),
+            }
+        }
+        let ids: Vec<Uuid> = replies.iter().map(|(id, _)| *id).collect();
+        let mut sagas = repo::lock_all(tx, &ids).await?;
+        let mut seqs = repo::last_seqs(tx, &ids).await?;
+        let before: BTreeMap<Uuid, i64> = sagas.iter().map(|(id, s)| (*id, s.version)).collect();
+        let mut entries = Vec::with_capacity(replies.len());
+        for (saga_id, message) in replies {
+            let Some(saga) = sagas.get(&saga_id) else {
+                warn!(%saga_id, message_type = %message.message_type, "reply for an unknown saga; dropped");
+                continue;
+            };
+            let definition = self
+                .definition(&saga.definition)
+                .ok_or_else(|| EngineError::UnknownDefinition(saga.definition.clone()))?;
+            let input = Input::Reply {
+                message_type: message.message_type.clone(),
+                payload: message.payload.clone(),
+            };
+            let seq = seqs.entry(saga_id).or_insert(0);
+            *seq += 1;
+            let (after, applied, note, sent) = match machine::apply(definition, saga, &input, now) {
+                Outcome::Applied(transition) => {
+                    let (messages, sent) = caused(&transition.saga, &transition, Some(message));
+                    caused_all.extend(messages);
+                    (transition.saga, true, transition.note, sent)
+                }
+                Outcome::Ignored(why) => (saga.clone(), false, why, json!([])),
+            };
+            entries.push(repo::Entry {
+                saga_id,
+                seq: *seq,
+                at: now,
+                input,
+                message_id: Some(message.message_id),
+                applied,
+                note,
+                commands: sent,
+                status: after.status.as_str().to_owned(),
+                version: after.version,
+            });
+            sagas.insert(saga_id, after);
+        }
+        let changed: Vec<(&Saga, i64)> = sagas
+            .values()
+            .filter_map(|saga| {
+                let was = before[&saga.id];
+                (saga.version != was).then_some((saga, was))
+            })
+            .collect();
+        repo::update_all(tx, &changed).await?;
+        repo::append_all(tx, &entries).await?;
+        Ok(caused_all)
+    }
+
+    /// One message as its own input: a start, or a reply.
+    async fn apply_message(
+        &self,
+        tx: &mut PgConnection,
+        message: &Envelope,
+        now: DateTime<Utc>,
+    ) -> Result<Vec<Envelope>, EngineError> {
+        if message.message_type == SagaStart::TYPE {
+            let start: SagaStart = message
+                .decode()
+                .map_err(|e| EngineError::BadInput(e.to_string()))?;
+            return self.start(tx, &start, Some(message), now).await;
+        }
+        let Some(saga_id) = message.correlation_id else {
+            // Events that are not replies to a saga (a product changed, say) pass by.
+            return Ok(vec![]);
+        };
+        let input = Input::Reply {
+            message_type: message.message_type.clone(),
+            payload: message.payload.clone(),
+        };
+        match Engine::apply(self, tx, saga_id, &input, Some(message), now).await {
+            Ok((_, messages)) => Ok(messages),
+            Err(EngineError::UnknownSaga(id)) => {
+                warn!(saga_id = %id, message_type = %message.message_type, "reply for an unknown saga; dropped");
+                Ok(vec![])
+            }
+            Err(error) => Err(error),
+        }
     }
 
     /// Applies an operator's input (retry, cancel) in a transaction of its own and publishes
@@ -266,6 +344,42 @@ pub fn now() -> DateTime<Utc> {
     Utc::now().trunc_subsecs(6)
 }
 
+/// The messages a transition sends (its commands, then `saga.evt.updated`), and the list of
+/// commands for the saga's log.
+fn caused(
+    saga: &Saga,
+    transition: &Transition,
+    cause: Option<&Envelope>,
+) -> (Vec<Envelope>, Value) {
+    let mut messages: Vec<Envelope> = transition
+        .commands
+        .iter()
+        .map(|c| {
+            let message = Envelope::raw(COMPONENT, &c.message_type, c.payload.clone());
+            correlate(message, saga.id, cause)
+        })
+        .collect();
+    let sent: Vec<Value> = transition
+        .commands
+        .iter()
+        .zip(&messages)
+        .map(|(c, m)| {
+            json!({"message_id": m.message_id, "message_type": c.message_type,
+                   "step": c.step, "compensation": c.compensation})
+        })
+        .collect();
+    let updated = SagaUpdated {
+        view: view::of(saga),
+        transition: transition.note.clone(),
+    };
+    messages.push(correlate(
+        Envelope::new(COMPONENT, &updated),
+        saga.id,
+        cause,
+    ));
+    (messages, Value::Array(sent))
+}
+
 fn correlate(message: Envelope, saga_id: Uuid, cause: Option<&Envelope>) -> Envelope {
     let mut message = message.with_correlation(saga_id);
     if let Some(cause) = cause {
@@ -283,28 +397,14 @@ impl TxHandler for Engine {
         tx: &mut PgConnection,
         message: &Envelope,
     ) -> Result<Vec<Envelope>, HandlerError> {
-        let now = now();
-        if message.message_type == SagaStart::TYPE {
-            let start: SagaStart = message
-                .decode()
-                .map_err(|e| HandlerError::Permanent(e.to_string()))?;
-            return Ok(self.start(tx, &start, Some(message), now).await?);
-        }
-        let Some(saga_id) = message.correlation_id else {
-            // Events that are not replies to a saga (a product changed, say) pass by.
-            return Ok(vec![]);
-        };
-        let input = Input::Reply {
-            message_type: message.message_type.clone(),
-            payload: message.payload.clone(),
-        };
-        match Engine::apply(self, tx, saga_id, &input, Some(message), now).await {
-            Ok((_, messages)) => Ok(messages),
-            Err(EngineError::UnknownSaga(id)) => {
-                warn!(saga_id = %id, message_type = %message.message_type, "reply for an unknown saga; dropped");
-                Ok(vec![])
-            }
-            Err(error) => Err(error.into()),
-        }
+        Ok(self.apply_message(tx, message, now()).await?)
+    }
+
+    async fn apply_all(
+        &self,
+        tx: &mut PgConnection,
+        messages: &[&Envelope],
+    ) -> Result<Vec<Envelope>, HandlerError> {
+        Ok(self.apply_replies(tx, messages).await?)
     }
 }

@@ -1,5 +1,7 @@
 //! The SQL of saga rows and saga logs.
 
+use std::collections::HashMap;
+
 use chrono::{DateTime, Utc};
 use saga::machine::{Input, Saga};
 use serde_json::Value;
@@ -164,4 +166,140 @@ pub async fn log<'e>(db: impl PgExecutor<'e>, saga_id: Uuid) -> Result<Vec<LogEn
     .bind(saga_id)
     .fetch_all(db)
     .await
+}
+
+/// Loads and locks the sagas of a group, in id order (so two groups wait rather than deadlock
+/// on the sagas they share).
+pub async fn lock_all(
+    tx: &mut PgConnection,
+    saga_ids: &[Uuid],
+) -> Result<HashMap<Uuid, Saga>, sqlx::Error> {
+    let states: Vec<sqlx::types::Json<Saga>> = sqlx::query_scalar(
+        "SELECT state FROM sagas.sagas WHERE saga_id = ANY($1) ORDER BY saga_id FOR UPDATE",
+    )
+    .bind(saga_ids)
+    .fetch_all(tx)
+    .await?;
+    Ok(states.into_iter().map(|s| (s.0.id, s.0)).collect())
+}
+
+/// The last log position of each saga that has a log.
+pub async fn last_seqs(
+    tx: &mut PgConnection,
+    saga_ids: &[Uuid],
+) -> Result<HashMap<Uuid, i32>, sqlx::Error> {
+    let rows: Vec<(Uuid, i32)> = sqlx::query_as(
+        "SELECT saga_id, max(seq) FROM sagas.saga_log WHERE saga_id = ANY($1) GROUP BY saga_id",
+    )
+    .bind(saga_ids)
+    .fetch_all(tx)
+    .await?;
+    Ok(rows.into_iter().collect())
+}
+
+/// Saves sagas after their transitions, each with the version it had when locked; the rows
+/// must be locked by this transaction.
+pub async fn update_all(tx: &mut PgConnection, sagas: &[(&Saga, i64)]) -> Result<(), sqlx::Error> {
+    if sagas.is_empty() {
+        return Ok(());
+    }
+    let mut ids = Vec::with_capacity(sagas.len());
+    let mut statuses = Vec::with_capacity(sagas.len());
+    let mut steps = Vec::with_capacity(sagas.len());
+    let mut states = Vec::with_capacity(sagas.len());
+    let mut versions = Vec::with_capacity(sagas.len());
+    let mut deadlines = Vec::with_capacity(sagas.len());
+    let mut updated = Vec::with_capacity(sagas.len());
+    let mut was = Vec::with_capacity(sagas.len());
+    for (saga, version_before) in sagas {
+        ids.push(saga.id);
+        statuses.push(saga.status.as_str());
+        steps.push(saga.current_step().map(|s| s.name.as_str()));
+        states.push(sqlx::types::Json(*saga));
+        versions.push(saga.version);
+        deadlines.push(saga.deadline);
+        updated.push(saga.updated_at);
+        was.push(*version_before);
+    }
+    let done = sqlx::query(
+        "UPDATE sagas.sagas s SET status = u.status, current_step = u.step, state = u.state, \
+         version = u.version, deadline = u.deadline, updated_at = u.updated_at \
+         FROM UNNEST($1::uuid[], $2::text[], $3::text[], $4::jsonb[], $5::int8[], \
+                     $6::timestamptz[], $7::timestamptz[], $8::int8[]) \
+              AS u(saga_id, status, step, state, version, deadline, updated_at, was) \
+         WHERE s.saga_id = u.saga_id AND s.version = u.was",
+    )
+    .bind(ids)
+    .bind(statuses)
+    .bind(steps)
+    .bind(states)
+    .bind(versions)
+    .bind(deadlines)
+    .bind(updated)
+    .bind(was)
+    .execute(tx)
+    .await?;
+    if done.rows_affected() == sagas.len() as u64 {
+        Ok(())
+    } else {
+        // Cannot happen under the row locks; refuse rather than overwrite.
+        Err(sqlx::Error::RowNotFound)
+    }
+}
+
+/// One entry of a saga's log, for [`append_all`].
+#[derive(Debug)]
+pub struct Entry {
+    pub saga_id: Uuid,
+    pub seq: i32,
+    pub at: DateTime<Utc>,
+    pub input: Input,
+    pub message_id: Option<Uuid>,
+    pub applied: bool,
+    pub note: String,
+    pub commands: Value,
+    pub status: String,
+    pub version: i64,
+}
+
+/// Appends log entries of many sagas in one statement.
+pub async fn append_all(tx: &mut PgConnection, entries: &[Entry]) -> Result<(), sqlx::Error> {
+    if entries.is_empty() {
+        return Ok(());
+    }
+    sqlx::query(
+        "INSERT INTO sagas.saga_log (saga_id, seq, at, input, message_id, applied, note, \
+         commands, status, version) \
+         SELECT * FROM UNNEST($1::uuid[], $2::int4[], $3::timestamptz[], $4::jsonb[], \
+                              $5::uuid[], $6::bool[], $7::text[], $8::jsonb[], $9::text[], \
+                              $10::int8[])",
+    )
+    .bind(entries.iter().map(|e| e.saga_id).collect::<Vec<_>>())
+    .bind(entries.iter().map(|e| e.seq).collect::<Vec<_>>())
+    .bind(entries.iter().map(|e| e.at).collect::<Vec<_>>())
+    .bind(
+        entries
+            .iter()
+            .map(|e| sqlx::types::Json(&e.input))
+            .collect::<Vec<_>>(),
+    )
+    .bind(entries.iter().map(|e| e.message_id).collect::<Vec<_>>())
+    .bind(entries.iter().map(|e| e.applied).collect::<Vec<_>>())
+    .bind(entries.iter().map(|e| e.note.as_str()).collect::<Vec<_>>())
+    .bind(
+        entries
+            .iter()
+            .map(|e| sqlx::types::Json(&e.commands))
+            .collect::<Vec<_>>(),
+    )
+    .bind(
+        entries
+            .iter()
+            .map(|e| e.status.as_str())
+            .collect::<Vec<_>>(),
+    )
+    .bind(entries.iter().map(|e| e.version).collect::<Vec<_>>())
+    .execute(tx)
+    .await?;
+    Ok(())
 }

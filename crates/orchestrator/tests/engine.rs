@@ -254,3 +254,78 @@ async fn an_operator_cancel_compensates_and_is_logged(pool: PgPool) {
         .unwrap();
     assert!(!changed, "a second cancel is ignored");
 }
+
+#[sqlx::test(migrations = "../../migrations")]
+async fn a_group_of_inputs_ends_where_one_at_a_time_would(pool: PgPool) {
+    let engine = Engine::new(pool.clone(), vec![checkout()]);
+    let ids: Vec<Uuid> = (0..4).map(|_| Uuid::now_v7()).collect();
+    let mut orders = Vec::new();
+    for id in &ids {
+        let sent = handle(&engine, &pool, &start_message(*id)).await;
+        orders.push(sent[0].payload["order_id"].clone());
+    }
+    let late = Uuid::now_v7();
+    let created = |i: usize| reply(ids[i], "order.evt.created", json!({"order_id": orders[i]}));
+    let group = [
+        created(0),
+        created(1),
+        // Re-sent: ignored, and logged as such.
+        created(0),
+        // Two transitions of one saga in one group.
+        reply(
+            ids[1],
+            "inventory.evt.reservation_failed",
+            json!({"order_id": orders[1], "reason": "no stock"}),
+        ),
+        start_message(late),
+        // A reply for no saga passes by.
+        reply(Uuid::now_v7(), "order.evt.created", json!({})),
+        created(2),
+    ];
+    let messages: Vec<&Envelope> = group.iter().collect();
+    let mut tx = pool.begin().await.unwrap();
+    let sent = store::TxHandler::apply_all(&engine, &mut tx, &messages)
+        .await
+        .unwrap();
+    tx.commit().await.unwrap();
+
+    let mut sent_types = types(&sent);
+    sent_types.sort_unstable();
+    assert_eq!(
+        sent_types,
+        [
+            "inventory.cmd.reserve",
+            "inventory.cmd.reserve",
+            "inventory.cmd.reserve",
+            "order.cmd.cancel",
+            "order.cmd.create",
+            "saga.evt.updated",
+            "saga.evt.updated",
+            "saga.evt.updated",
+            "saga.evt.updated",
+            "saga.evt.updated",
+        ]
+    );
+    let expected_log: [(Uuid, &[bool], i64); 5] = [
+        (ids[0], &[true, true, false], 2),
+        (ids[1], &[true, true, true], 3),
+        (ids[2], &[true, true], 2),
+        (ids[3], &[true], 1),
+        (late, &[true], 1),
+    ];
+    for (saga_id, applied, version) in expected_log {
+        let stored = repo::get(&pool, saga_id).await.unwrap().unwrap();
+        assert_eq!(stored.version, version, "saga {saga_id}");
+        let log = repo::log(&pool, saga_id).await.unwrap();
+        assert_eq!(log.iter().map(|e| e.applied).collect::<Vec<_>>(), applied);
+        assert_eq!(
+            log.iter().map(|e| e.seq).collect::<Vec<_>>(),
+            (1..=applied.len() as i32).collect::<Vec<_>>()
+        );
+        let (replayed, _) =
+            machine::replay(&checkout(), saga_id, log.iter().map(|e| (&e.input.0, e.at))).unwrap();
+        assert_eq!(replayed, stored, "saga {saga_id} replays to its row");
+    }
+    let compensating = repo::get(&pool, ids[1]).await.unwrap().unwrap();
+    assert_eq!(compensating.status, SagaStatus::Compensating);
+}
