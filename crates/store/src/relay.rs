@@ -105,11 +105,20 @@ impl Handoff {
     }
 }
 
-/// One message ready to publish, with what the relay needs to know about it.
-struct Ready {
-    message_id: Uuid,
-    message_type: String,
-    outgoing: Outgoing,
+/// Messages ready to publish, with what the relay needs to know about each (in step).
+#[derive(Default)]
+struct Batch {
+    ids: Vec<Uuid>,
+    types: Vec<String>,
+    messages: Vec<Outgoing>,
+}
+
+impl Batch {
+    fn push(&mut self, id: Uuid, message_type: String, message: Outgoing) {
+        self.ids.push(id);
+        self.types.push(message_type);
+        self.messages.push(message);
+    }
 }
 
 #[derive(Debug)]
@@ -137,14 +146,6 @@ struct Row {
 }
 
 impl Row {
-    fn ready(self) -> Ready {
-        Ready {
-            message_id: self.message_id,
-            message_type: self.message_type.clone(),
-            outgoing: self.outgoing(),
-        }
-    }
-
     fn outgoing(self) -> Outgoing {
         let envelope = Envelope {
             message_id: self.message_id,
@@ -231,8 +232,12 @@ impl Relay {
             .await?;
         let claimed = rows.len();
         if claimed > 0 {
-            let ready: Vec<Ready> = rows.into_iter().map(Row::ready).collect();
-            let (published, refused) = self.publish(&ready).await;
+            let mut batch = Batch::default();
+            for row in rows {
+                let (id, message_type) = (row.message_id, row.message_type.clone());
+                batch.push(id, message_type, row.outgoing());
+            }
+            let (published, refused) = self.publish(&batch).await;
             self.mark_refused(&mut tx, refused).await?;
             sqlx::query(AssertSqlSafe(self.sql.delete_published.as_str()))
                 .bind(&published)
@@ -251,23 +256,22 @@ impl Relay {
 
     /// Publishes messages (as injected faults say, if any) and sorts them into the confirmed
     /// and the refused.
-    async fn publish(&self, ready: &[Ready]) -> (Vec<Uuid>, Vec<(Uuid, PublishError)>) {
-        let messages: Vec<Outgoing> = ready.iter().map(|r| r.outgoing.clone()).collect();
+    async fn publish(&self, batch: &Batch) -> (Vec<Uuid>, Vec<(Uuid, PublishError)>) {
         let results = match &self.faults {
-            None => self.publisher.send_all(&messages).await,
+            None => self.publisher.send_all(&batch.messages).await,
             Some(faults) => {
-                let fates: Vec<Fate> = ready.iter().map(|r| faults.fate(&r.message_type)).collect();
-                self.send_with_faults(&messages, &fates).await
+                let fates: Vec<Fate> = batch.types.iter().map(|t| faults.fate(t)).collect();
+                self.send_with_faults(&batch.messages, &fates).await
             }
         };
-        let mut published = Vec::with_capacity(ready.len());
+        let mut published = Vec::with_capacity(batch.ids.len());
         let mut refused = Vec::new();
-        for (r, result) in ready.iter().zip(results) {
+        for (&message_id, result) in batch.ids.iter().zip(results) {
             match result {
-                Ok(()) => published.push(r.message_id),
+                Ok(()) => published.push(message_id),
                 Err(error) => {
-                    warn!(schema = self.schema, message_id = %r.message_id, %error, "outbox row not published");
-                    refused.push((r.message_id, error));
+                    warn!(schema = self.schema, %message_id, %error, "outbox row not published");
+                    refused.push((message_id, error));
                 }
             }
         }
@@ -293,15 +297,12 @@ impl Relay {
     /// Publishes handed-off messages and passes the confirmed ids to the marker; refused rows
     /// are backed off like claimed ones.
     async fn publish_handed(&self, handed: Vec<Envelope>, marks: mpsc::UnboundedSender<Vec<Uuid>>) {
-        let ready: Vec<Ready> = handed
-            .into_iter()
-            .map(|m| Ready {
-                message_id: m.message_id,
-                message_type: m.message_type.clone(),
-                outgoing: Outgoing::event(&m),
-            })
-            .collect();
-        let (published, refused) = self.publish(&ready).await;
+        let mut batch = Batch::default();
+        for message in handed {
+            let outgoing = Outgoing::event(&message);
+            batch.push(message.message_id, message.message_type, outgoing);
+        }
+        let (published, refused) = self.publish(&batch).await;
         if !published.is_empty() {
             let _ = marks.send(published);
         }
