@@ -13,6 +13,9 @@ PG_PORT=5432
 PG_ADMIN_URL="postgres://postgres:postgres@$PG_HOST:$PG_PORT/postgres"
 WARREN_DB=warren
 MANAGEMENT_URL=http://127.0.0.1:15672
+# RabbitMQ's own Prometheus endpoint (plugin rabbitmq_prometheus): /metrics for node totals,
+# /metrics/detailed?vhost=warren&family=queue_coarse_metrics for each queue's depth.
+RABBITMQ_PROMETHEUS_URL=http://127.0.0.1:15692
 
 # dev-up.sh sets RECORD_STARTS so that dev-down.sh stops only the servers dev-up.sh started.
 log() { printf '==> %s\n' "$*" >&2; }
@@ -94,13 +97,19 @@ ensure_rabbitmq() {
   # The node answers pings before it has finished booting; then wait for the boot.
   wait_for 120 rabbit_running || die "RabbitMQ did not start"
   as_root timeout 150 rabbitmqctl -q await_startup --timeout 120 || die "RabbitMQ did not finish booting"
-  # The plugin CLI can print its answer and then hang: look at what the plugins serve instead.
+  # The management plugin (UI and HTTP API on 15672) and the Prometheus plugin (15692), as
+  # rabbitmq/enabled_plugins has them for the containers. Enabling is idempotent, and the
+  # plugin CLI can print its answer and then hang: look at what the plugins serve instead, and
+  # enable only when one of them does not answer.
   if ! curl -sf --max-time 20 -o /dev/null -u guest:guest "$MANAGEMENT_URL/api/overview" \
-     || ! curl -sf --max-time 20 -o /dev/null http://127.0.0.1:15692/metrics; then
+     || ! curl -sf --max-time 20 -o /dev/null "$RABBITMQ_PROMETHEUS_URL/metrics"; then
     log "enabling the management and prometheus plugins"
     as_root timeout 120 rabbitmq-plugins -q enable rabbitmq_management rabbitmq_prometheus >/dev/null || true
   fi
   wait_for 60 curl -sf -u guest:guest "$MANAGEMENT_URL/api/overview" || die "the management API does not answer on $MANAGEMENT_URL"
+  # Metrics are for watching, not for Warren to work: a broker without them only gets a warning.
+  wait_for 30 curl -sf --max-time 10 -o /dev/null "$RABBITMQ_PROMETHEUS_URL/metrics" \
+    || log "warning: RabbitMQ's Prometheus endpoint does not answer on $RABBITMQ_PROMETHEUS_URL/metrics"
   # Vhost, users, exchanges, queues and bindings; importing is idempotent.
   curl -sf -u guest:guest -H 'content-type: application/json' -X POST \
     --data-binary @"$ROOT/rabbitmq/definitions.json" "$MANAGEMENT_URL/api/definitions" >/dev/null \
