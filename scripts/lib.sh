@@ -116,6 +116,14 @@ ensure_rabbitmq() {
     || die "importing rabbitmq/definitions.json failed"
 }
 
+# The browser tests drive headless Chromium through chromedriver, both from Debian's packages.
+ensure_chromium() {
+  if [ ! -x /usr/bin/chromium ] || [ ! -x /usr/bin/chromedriver ]; then
+    log "installing Chromium and chromedriver"
+    apt_install chromium chromium-driver
+  fi
+}
+
 # A vhost of its own for the tests, so they never touch a running stack's queues. It starts
 # empty, and vhosts left by interrupted end-to-end tests (warren_t...) are removed.
 ensure_test_vhost() {

@@ -9,6 +9,7 @@ ensure_tools
 ensure_postgres
 ensure_rabbitmq
 ensure_test_vhost
+ensure_chromium
 
 # sqlx::test creates a fresh database per test through this URL.
 export DATABASE_URL="postgres://postgres:postgres@$PG_HOST:$PG_PORT/$WARREN_DB"
