@@ -116,6 +116,15 @@ ensure_rabbitmq() {
     || die "importing rabbitmq/definitions.json failed"
 }
 
+# docker-compose (v1.29, Debian's package) checks docker-compose.yml with `docker-compose config
+# -q`, which needs no Docker engine. (`docker compose`, v2, is not packaged for Debian 12.)
+ensure_compose() {
+  if ! command -v docker-compose >/dev/null; then
+    log "installing docker-compose"
+    apt_install docker-compose
+  fi
+}
+
 # The browser tests drive headless Chromium through chromedriver, both from Debian's packages.
 ensure_chromium() {
   if [ ! -x /usr/bin/chromium ] || [ ! -x /usr/bin/chromedriver ]; then

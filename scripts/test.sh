@@ -22,6 +22,9 @@ log "disk: $(df -h --output=avail "$ROOT" | tail -1 | tr -d ' ') free"
 
 log "cargo fmt --check"
 cargo fmt --all -- --check
+log "docker-compose config -q"
+ensure_compose
+docker-compose config -q
 log "cargo clippy"
 cargo clippy --workspace --all-targets --locked -- -D warnings
 log "tests"
