@@ -35,12 +35,22 @@ if ! wait_for 90 ready; then
   die "the gateway did not become ready on http://$WARREN_HTTP_ADDR/readyz"
 fi
 
+metrics_urls=""
+for component in "${COMPONENTS[@]}"; do
+  metrics_urls+=$(printf '\n                   %-13s http://%s/metrics' "$component" "$(metrics_addr "$component")")
+done
+
 cat <<MSG
 
 Warren is up.
-  Gateway          http://$WARREN_HTTP_ADDR  (health: /healthz, readiness: /readyz)
+  Gateway          http://$WARREN_HTTP_ADDR  (health: /healthz, readiness: /readyz, metrics: /metrics)
+  Live page        http://$WARREN_HTTP_ADDR/ui
   RabbitMQ UI      $MANAGEMENT_URL  (guest / guest; vhost "warren")
   Audit queue      $MANAGEMENT_URL/#/queues/warren/warren.audit
+  Metrics          each process (also /healthz and /readyz):$metrics_urls
+  RabbitMQ metrics $RABBITMQ_PROMETHEUS_URL/metrics
+                   $RABBITMQ_PROMETHEUS_URL/metrics/detailed?vhost=warren&family=queue_coarse_metrics  (per queue)
+  Prometheus       deploy/prometheus/prometheus.local.yml scrapes all of these
   Logs             $STATE/logs/<component>.log (one process per component)
   Rehearse faults  scripts/chaos/all.sh
   Stop             scripts/dev-down.sh

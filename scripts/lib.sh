@@ -160,12 +160,35 @@ component_running() {
   [ -f "$file" ] && kill -0 "$(cat "$file")" 2>/dev/null
 }
 
-# Starts one component in the background (logs in .warren/logs/<component>.log). The
-# development stack accepts injected faults, so scripts/chaos/ can rehearse failures.
+# Where each component serves /metrics, /healthz and /readyz (WARREN_METRICS_ADDR), as
+# deploy/prometheus/prometheus.local.yml scrapes them: one port each, so they can share this
+# machine. The gateway serves them on its HTTP address instead.
+metrics_addr() {
+  case $1 in
+    orchestrator) echo 127.0.0.1:9181 ;;
+    order) echo 127.0.0.1:9182 ;;
+    inventory) echo 127.0.0.1:9183 ;;
+    payment) echo 127.0.0.1:9184 ;;
+    image) echo 127.0.0.1:9185 ;;
+    notification) echo 127.0.0.1:9186 ;;
+    gateway) echo "${WARREN_HTTP_ADDR:-127.0.0.1:8080}" ;;
+    *) die "no metrics address for component $1" ;;
+  esac
+}
+
+# Starts one component in the background (logs in .warren/logs/<component>.log), with its
+# metrics address. The development stack accepts injected faults, so scripts/chaos/ can
+# rehearse failures.
 start_component() {
-  local component=$1
+  local component=$1 metrics
   component_running "$component" && return 0
-  WARREN_ALLOW_CHAOS=true nohup "$WARREN_BIN" run "$component" >>"$STATE/logs/$component.log" 2>&1 &
+  if [ "$component" = gateway ]; then
+    metrics=(-u WARREN_METRICS_ADDR)   # only on WARREN_HTTP_ADDR
+  else
+    metrics=("WARREN_METRICS_ADDR=$(metrics_addr "$component")")
+  fi
+  WARREN_ALLOW_CHAOS=true nohup env "${metrics[@]}" "$WARREN_BIN" run "$component" \
+    >>"$STATE/logs/$component.log" 2>&1 &
   echo $! >"$(pidfile "$component")"
 }
 
