@@ -38,6 +38,9 @@ pub fn properties(envelope: &Envelope) -> BasicProperties {
     if let Some(traceparent) = &envelope.traceparent {
         headers.insert(routing::HEADER_TRACEPARENT.into(), long_string(traceparent));
     }
+    if let Some(step) = &envelope.step {
+        headers.insert(routing::HEADER_STEP.into(), long_string(step));
+    }
     headers.insert(
         routing::HEADER_SCHEMA_VERSION.into(),
         AMQPValue::LongLongInt(envelope.schema_version.into()),
@@ -99,6 +102,7 @@ pub fn decode(properties: &BasicProperties, body: &[u8]) -> Result<Envelope, Dec
             .unwrap_or_default(),
         timestamp,
         traceparent: header_text(headers, routing::HEADER_TRACEPARENT),
+        step: header_text(headers, routing::HEADER_STEP),
         schema_version: header_count(headers, routing::HEADER_SCHEMA_VERSION)?.unwrap_or(1),
         attempt: header_count(headers, routing::HEADER_ATTEMPT)?.unwrap_or(1),
         payload,

@@ -181,7 +181,9 @@ impl Bus {
     }
 
     /// Completes once the connection is gone for good: closed, failed, or down for longer than
-    /// `patience` while lapin's recovery makes no progress.
+    /// `patience` while lapin's recovery makes no progress. Watching, it counts recoveries
+    /// (`warren_broker_reconnects_total`, from the twice-a-second look, so an outage shorter
+    /// than that may go uncounted).
     pub async fn lost(&self, patience: Duration) {
         let mut down_since: Option<tokio::time::Instant> = None;
         loop {
@@ -191,8 +193,13 @@ impl Bus {
                 warn!(errored = status.errored(), "the broker connection is gone");
                 return;
             }
+            metrics::gauge!("warren_broker_connected").set(f64::from(u8::from(status.connected())));
             if status.connected() {
-                down_since = None;
+                if down_since.take().is_some() {
+                    // lapin's recovery brought the connection back.
+                    metrics::counter!("warren_broker_reconnects_total").increment(1);
+                    info!("the broker connection recovered");
+                }
                 continue;
             }
             let since = *down_since.get_or_insert_with(tokio::time::Instant::now);

@@ -12,7 +12,7 @@
 use std::future::Future;
 use std::panic::AssertUnwindSafe;
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use contracts::{Envelope, Schemas, routing};
 use futures_util::{FutureExt, StreamExt};
@@ -187,7 +187,19 @@ async fn process<H: Handler>(delivery: Delivery, context: Arc<Context<H>>) {
         });
     let envelope = match envelope {
         Ok(envelope) => envelope,
-        Err(reason) => return park(&delivery, &context, &reason).await,
+        Err(reason) => {
+            let kind = if reason.starts_with("cannot decode") {
+                "undecodable"
+            } else {
+                "invalid"
+            };
+            let message_type = delivery
+                .properties
+                .kind()
+                .as_ref()
+                .map_or_else(|| "unknown".to_owned(), ToString::to_string);
+            return park(&delivery, &context, &message_type, kind, &reason).await;
+        }
     };
     let span = info_span!(
         "message",
@@ -195,10 +207,18 @@ async fn process<H: Handler>(delivery: Delivery, context: Arc<Context<H>>) {
         message_type = %envelope.message_type,
         message_id = %envelope.message_id,
         saga_id = envelope.correlation_id.map(|id| id.to_string()),
+        trace_id = envelope.trace_id(),
+        step = envelope.step.as_deref(),
         attempt = envelope.attempt,
     );
+    let labels = [
+        ("queue", context.queue.name.clone()),
+        ("type", envelope.message_type.clone()),
+    ];
+    metrics::counter!("warren_messages_consumed_total", &labels).increment(1);
     async {
         let attempt = envelope.attempt;
+        let started = Instant::now();
         let faults = context.faults.as_deref();
         if let Some(delay) = faults.and_then(|f| f.delay(&envelope.message_type)) {
             tokio::time::sleep(delay).await;
@@ -213,6 +233,8 @@ async fn process<H: Handler>(delivery: Delivery, context: Arc<Context<H>>) {
                 .await
                 .unwrap_or_else(|_| Err(HandlerError::Transient("handler panicked".into())))
         };
+        metrics::histogram!("warren_handler_duration_seconds", &labels)
+            .record(started.elapsed().as_secs_f64());
         match dispose(&outcome, attempt, &context.queue.retry) {
             Disposition::Ack => {
                 debug!("handled");
@@ -234,6 +256,7 @@ async fn process<H: Handler>(delivery: Delivery, context: Arc<Context<H>>) {
                 match context.publisher.send(&copy).await {
                     Ok(()) => {
                         warn!(%reason, %retry_queue, "handler failed; retrying later");
+                        metrics::counter!("warren_messages_retried_total", &labels).increment(1);
                         ack(&delivery).await;
                     }
                     Err(error) => {
@@ -242,15 +265,30 @@ async fn process<H: Handler>(delivery: Delivery, context: Arc<Context<H>>) {
                     }
                 }
             }
-            Disposition::Park { reason } => park(&delivery, &context, &reason).await,
+            Disposition::Park { reason } => {
+                let kind = if attempt > 1 && reason.starts_with("gave up") {
+                    "exhausted"
+                } else {
+                    "rejected"
+                };
+                park(&delivery, &context, &envelope.message_type, kind, &reason).await;
+            }
         }
     }
     .instrument(span)
     .await;
 }
 
-/// Moves a delivery to its parking queue with the reason, verbatim otherwise.
-async fn park<H>(delivery: &Delivery, context: &Context<H>, reason: &str) {
+/// Moves a delivery to its parking queue with the reason, verbatim otherwise. `kind` sorts
+/// reasons for the metric: undecodable, invalid (schema), rejected (by the handler),
+/// exhausted (out of retries).
+async fn park<H>(
+    delivery: &Delivery,
+    context: &Context<H>,
+    message_type: &str,
+    kind: &'static str,
+    reason: &str,
+) {
     let queue = &context.queue.name;
     let copy = Outgoing {
         exchange: routing::DEAD_LETTER_EXCHANGE.to_owned(),
@@ -261,6 +299,13 @@ async fn park<H>(delivery: &Delivery, context: &Context<H>, reason: &str) {
     match context.publisher.send(&copy).await {
         Ok(()) => {
             warn!(%queue, %reason, "message parked");
+            metrics::counter!(
+                "warren_messages_parked_total",
+                "queue" => queue.clone(),
+                "type" => message_type.to_owned(),
+                "reason" => kind,
+            )
+            .increment(1);
             ack(delivery).await;
         }
         Err(error) => {

@@ -137,6 +137,12 @@ impl Publisher {
                 }
             }
         }
+        for (message, result) in messages.iter().zip(&results) {
+            if matches!(result, Some(Ok(()))) && message.exchange == routing::EXCHANGE {
+                metrics::counter!("warren_messages_published_total", "type" => message.routing_key.clone())
+                    .increment(1);
+            }
+        }
         results
             .into_iter()
             .map(|r| r.expect("every message has a result"))

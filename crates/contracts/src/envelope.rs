@@ -8,7 +8,7 @@ use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
-use crate::Message;
+use crate::{Message, TraceParent};
 
 /// Why a message could not be built from or turned into its payload type.
 #[derive(Debug, thiserror::Error)]
@@ -43,6 +43,10 @@ pub struct Envelope {
     pub timestamp: DateTime<Utc>,
     /// W3C trace context, carried unchanged along a causation chain.
     pub traceparent: Option<String>,
+    /// The saga step this message belongs to (AMQP header `x-saga-step`): set on the commands
+    /// the orchestrator sends, carried back on their replies.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub step: Option<String>,
     pub schema_version: u32,
     /// 1 on first delivery; each delayed retry publishes a copy with the next attempt.
     pub attempt: u32,
@@ -70,25 +74,42 @@ impl Envelope {
             producer: producer.to_owned(),
             timestamp: Utc::now(),
             traceparent: None,
+            step: None,
             schema_version: 1,
             attempt: 1,
             payload,
         }
     }
 
-    /// A message caused by `cause`: same correlation and trace, causation pointing at `cause`.
+    /// A message caused by `cause`: same correlation, trace and step, causation pointing at
+    /// `cause`.
     pub fn caused_by<M: Message>(producer: &str, message: &M, cause: &Envelope) -> Self {
         Self {
             correlation_id: cause.correlation_id,
             causation_id: Some(cause.message_id),
             traceparent: cause.traceparent.clone(),
+            step: cause.step.clone(),
             ..Self::new(producer, message)
         }
+    }
+
+    /// The trace id of its `traceparent`, when it carries a valid one.
+    pub fn trace_id(&self) -> Option<String> {
+        self.traceparent
+            .as_deref()
+            .and_then(TraceParent::parse)
+            .map(|t| t.trace_id_hex())
     }
 
     #[must_use]
     pub fn with_correlation(mut self, correlation_id: Uuid) -> Self {
         self.correlation_id = Some(correlation_id);
+        self
+    }
+
+    #[must_use]
+    pub fn with_step(mut self, step: impl Into<String>) -> Self {
+        self.step = Some(step.into());
         self
     }
 
@@ -157,12 +178,18 @@ mod tests {
     }
 
     #[test]
-    fn a_caused_message_inherits_correlation_and_trace() {
+    fn a_caused_message_inherits_correlation_trace_and_step() {
         let saga = Uuid::now_v7();
         let cause = Envelope::new("gateway", &create())
             .with_correlation(saga)
-            .with_traceparent("00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01");
+            .with_traceparent("00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01")
+            .with_step("create_order");
         let effect = Envelope::caused_by("order", &create(), &cause);
+        assert_eq!(effect.step.as_deref(), Some("create_order"));
+        assert_eq!(
+            effect.trace_id().as_deref(),
+            Some("4bf92f3577b34da6a3ce929d0e0e4736")
+        );
         assert_eq!(effect.correlation_id, Some(saga));
         assert_eq!(effect.causation_id, Some(cause.message_id));
         assert_eq!(effect.traceparent, cause.traceparent);

@@ -4,12 +4,15 @@
 //! - [`messages`]: the typed payloads, each bound to its routing key by [`Message`].
 //! - [`routing`]: exchange and queue names shared by producers, consumers and the topology.
 //! - [`schema`]: the JSON Schemas of `schemas/`, compiled once, checked on produce and consume.
+//! - [`trace`]: W3C trace context, one trace per saga.
 
 pub mod envelope;
 pub mod messages;
 pub mod routing;
 pub mod schema;
+pub mod trace;
 
 pub use envelope::{ContractError, Envelope};
 pub use messages::Message;
 pub use schema::{SchemaError, Schemas};
+pub use trace::TraceParent;

@@ -20,6 +20,8 @@ pub const HEADER_PARKED_REASON: &str = "x-warren-parked-reason";
 pub const HEADER_PARKED_FROM: &str = "x-warren-parked-from";
 pub const HEADER_CAUSATION_ID: &str = "x-causation-id";
 pub const HEADER_TRACEPARENT: &str = "traceparent";
+/// Header that names the saga step a command or its reply belongs to.
+pub const HEADER_STEP: &str = "x-saga-step";
 pub const HEADER_SCHEMA_VERSION: &str = "x-schema-version";
 pub const HEADER_ATTEMPT: &str = "x-attempt";
 

@@ -9,15 +9,17 @@ use std::collections::BTreeSet;
 
 use axum::Json;
 use axum::extract::State;
-use axum::http::{HeaderMap, StatusCode};
+use axum::http::{HeaderMap, HeaderName, HeaderValue, StatusCode};
 use bus::rpc::{RemoteCode, RpcError};
 use contracts::Envelope;
 use contracts::messages::{LineItem, SagaStart};
 use serde::Deserialize;
 use serde_json::{Value, json};
+use tracing::{Instrument, info, info_span};
 use uuid::Uuid;
 
 use crate::extract::ApiJson;
+use crate::trace::Trace;
 use crate::{ApiError, AppState};
 
 /// Namespace of the ids derived from idempotency keys.
@@ -62,9 +64,10 @@ pub fn validate(request: &CheckoutRequest) -> Result<(), ApiError> {
 
 pub async fn create(
     State(state): State<AppState>,
+    trace: Trace,
     headers: HeaderMap,
     ApiJson(request): ApiJson<CheckoutRequest>,
-) -> Result<(StatusCode, Json<Value>), ApiError> {
+) -> Result<(StatusCode, [(HeaderName, HeaderValue); 1], Json<Value>), ApiError> {
     validate(&request)?;
     let key = match headers.get("idempotency-key") {
         None => None,
@@ -98,7 +101,26 @@ pub async fn create(
         }
         None => (Uuid::now_v7(), Uuid::now_v7()),
     };
+    let span = info_span!(
+        "checkout",
+        saga_id = %saga_id,
+        trace_id = %trace.0.trace_id_hex(),
+    );
+    accept(state, trace, key, fingerprint, saga_id, order_id, request)
+        .instrument(span)
+        .await
+}
 
+/// Starts the saga, or answers with the one an earlier request with the same key started.
+async fn accept(
+    state: AppState,
+    trace: Trace,
+    key: Option<String>,
+    fingerprint: String,
+    saga_id: Uuid,
+    order_id: Uuid,
+    request: CheckoutRequest,
+) -> Result<(StatusCode, [(HeaderName, HeaderValue); 1], Json<Value>), ApiError> {
     if key.is_some() {
         match state
             .query("saga.queries", "get_start", json!({"saga_id": saga_id}))
@@ -110,8 +132,10 @@ pub async fn create(
                         "this Idempotency-Key was used with another request body".into(),
                     ));
                 }
+                info!("checkout repeated with its idempotency key");
                 return Ok((
                     StatusCode::ACCEPTED,
+                    [trace.header()],
                     Json(json!({"saga_id": saga_id, "state": existing["state"]})),
                 ));
             }
@@ -134,10 +158,14 @@ pub async fn create(
         input,
         request_hash: Some(fingerprint),
     };
-    let message = Envelope::new(crate::COMPONENT, &start).with_correlation(saga_id);
+    let message = Envelope::new(crate::COMPONENT, &start)
+        .with_correlation(saga_id)
+        .with_traceparent(trace.0.to_string());
     state.publisher.publish(&message).await?;
+    info!(message_id = %message.message_id, "checkout accepted");
     Ok((
         StatusCode::ACCEPTED,
+        [trace.header()],
         Json(json!({"saga_id": saga_id, "state": "running"})),
     ))
 }

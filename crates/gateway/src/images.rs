@@ -9,13 +9,15 @@ use axum::Json;
 use axum::body::Body;
 use axum::extract::multipart::{Field, MultipartError};
 use axum::extract::{Multipart, Path, State};
-use axum::http::{HeaderMap, StatusCode, header};
+use axum::http::{HeaderMap, HeaderName, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use contracts::Envelope;
 use contracts::messages::SagaStart;
 use serde_json::{Value, json};
+use tracing::info;
 use uuid::Uuid;
 
+use crate::trace::Trace;
 use crate::{ApiError, AppState};
 
 fn multipart_error(error: MultipartError) -> ApiError {
@@ -45,9 +47,10 @@ async fn read_limited(
 
 pub async fn upload(
     State(state): State<AppState>,
+    trace: Trace,
     headers: HeaderMap,
     mut multipart: Multipart,
-) -> Result<(StatusCode, Json<Value>), ApiError> {
+) -> Result<(StatusCode, [(HeaderName, HeaderValue); 1], Json<Value>), ApiError> {
     let limit = state.images.upload_limit;
     let declared = headers
         .get(header::CONTENT_LENGTH)
@@ -113,10 +116,14 @@ pub async fn upload(
         input,
         request_hash: None,
     };
-    let message = Envelope::new(crate::COMPONENT, &start).with_correlation(saga_id);
+    let message = Envelope::new(crate::COMPONENT, &start)
+        .with_correlation(saga_id)
+        .with_traceparent(trace.0.to_string());
     state.publisher.publish(&message).await?;
+    info!(%saga_id, %image_id, trace_id = %trace.0.trace_id_hex(), "image upload accepted");
     Ok((
         StatusCode::ACCEPTED,
+        [trace.header()],
         Json(json!({"image_id": image_id, "saga_id": saga_id})),
     ))
 }

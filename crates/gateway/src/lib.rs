@@ -9,16 +9,20 @@
 //! - [`notifications`]: customers' notifications, listed and streamed.
 //! - [`error`], [`extract`]: the JSON error every route answers with.
 //! - [`health`]: liveness and readiness.
+//! - [`http_metrics`]: `/metrics`, and request counts and latency by route.
+//! - [`trace`]: the W3C trace a request runs in, passed on to what it publishes.
 
 pub mod checkouts;
 pub mod error;
 pub mod events;
 pub mod extract;
 pub mod health;
+pub mod http_metrics;
 pub mod images;
 pub mod notifications;
 pub mod resources;
 pub mod sagas;
+pub mod trace;
 
 use std::future::Future;
 use std::net::SocketAddr;
@@ -27,10 +31,12 @@ use std::time::Duration;
 use axum::Router;
 use axum::extract::DefaultBodyLimit;
 use axum::http::header;
+use axum::middleware;
 use axum::response::IntoResponse;
 use axum::routing::{get, post};
 use bus::rpc::{RpcClient, RpcError};
 use bus::{Bus, Publisher};
+use metrics_exporter_prometheus::PrometheusHandle;
 use serde_json::Value;
 use sqlx::PgPool;
 use tracing::info;
@@ -54,6 +60,8 @@ pub struct AppState {
     pub pool: Option<PgPool>,
     pub query_timeout: Duration,
     pub images: ImageSettings,
+    /// The process's metrics, served at `/metrics` (none in tests that do not install them).
+    pub metrics: Option<PrometheusHandle>,
 }
 
 /// Where uploads go and how large they may be.
@@ -100,7 +108,9 @@ pub fn router(state: AppState) -> Router {
         .nest("/v1", v1)
         .route("/healthz", get(health::live))
         .route("/readyz", get(health::ready))
+        .route("/metrics", get(http_metrics::render))
         .route("/openapi.json", get(openapi))
+        .route_layer(middleware::from_fn(http_metrics::record))
         .fallback(error::not_found)
         .method_not_allowed_fallback(error::method_not_allowed)
         .layer(DefaultBodyLimit::max(BODY_LIMIT))

@@ -103,10 +103,20 @@ impl Engine {
             Ok(transition) => transition,
             Err(reason) => return Err(EngineError::BadInput(reason)),
         };
-        if !repo::insert(tx, &transition.saga, start.request_hash.as_deref()).await? {
+        let traceparent = cause.and_then(|c| c.traceparent.as_deref());
+        if !repo::insert(
+            tx,
+            &transition.saga,
+            start.request_hash.as_deref(),
+            traceparent,
+        )
+        .await?
+        {
             info!(saga_id = %start.saga_id, "saga exists already; start ignored");
             return Ok(vec![]);
         }
+        metrics::counter!("warren_sagas_started_total", "saga" => definition.name.clone())
+            .increment(1);
         let input = Input::Start {
             input: start.input.clone(),
         };
@@ -141,7 +151,8 @@ impl Engine {
         match machine::apply(definition, &saga, input, now) {
             Outcome::Applied(transition) => {
                 repo::update(tx, &transition.saga).await?;
-                let messages = self
+                observe(&saga, &transition.saga);
+                let mut messages = self
                     .record(
                         tx,
                         &transition.saga,
@@ -153,6 +164,13 @@ impl Engine {
                         &transition,
                     )
                     .await?;
+                if cause.is_none() && !messages.is_empty() {
+                    // A timeout or an operator's input goes on in the trace the saga began in.
+                    let traceparent = repo::traceparent(tx, saga_id).await?;
+                    for message in &mut messages {
+                        message.traceparent.clone_from(&traceparent);
+                    }
+                }
                 Ok((transition.saga, messages))
             }
             Outcome::Ignored(why) => {
@@ -241,6 +259,7 @@ impl Engine {
             *seq += 1;
             let (after, applied, note, sent) = match machine::apply(definition, saga, &input, now) {
                 Outcome::Applied(transition) => {
+                    observe(saga, &transition.saga);
                     let (messages, sent) = caused(&transition.saga, &transition, Some(message));
                     caused_all.extend(messages);
                     (transition.saga, true, transition.note, sent)
@@ -344,6 +363,38 @@ pub fn now() -> DateTime<Utc> {
     Utc::now().trunc_subsecs(6)
 }
 
+/// The metrics of a transition: a saga that ended, and each step that finished with how long
+/// it took. (Recorded inside the transaction: a group that rolls back and is applied again one
+/// by one counts twice; rare, and only a metric.)
+fn observe(before: &Saga, after: &Saga) {
+    if !before.status.is_terminal() && after.status.is_terminal() {
+        metrics::counter!(
+            "warren_sagas_ended_total",
+            "saga" => after.definition.clone(),
+            "state" => after.status.as_str(),
+        )
+        .increment(1);
+    }
+    for (was, step) in before.steps.iter().zip(&after.steps) {
+        if was.status == step.status || was.finished_at == step.finished_at {
+            continue;
+        }
+        if let (Some(started), Some(finished)) = (step.started_at, step.finished_at) {
+            let seconds = (finished - started)
+                .to_std()
+                .unwrap_or_default()
+                .as_secs_f64();
+            metrics::histogram!(
+                "warren_saga_step_duration_seconds",
+                "saga" => after.definition.clone(),
+                "step" => step.name.clone(),
+                "outcome" => step.status.as_str(),
+            )
+            .record(seconds);
+        }
+    }
+}
+
 /// The messages a transition sends (its commands, then `saga.evt.updated`), and the list of
 /// commands for the saga's log.
 fn caused(
@@ -355,7 +406,8 @@ fn caused(
         .commands
         .iter()
         .map(|c| {
-            let message = Envelope::raw(COMPONENT, &c.message_type, c.payload.clone());
+            let message =
+                Envelope::raw(COMPONENT, &c.message_type, c.payload.clone()).with_step(&c.step);
             correlate(message, saga.id, cause)
         })
         .collect();

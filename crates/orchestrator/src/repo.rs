@@ -27,11 +27,12 @@ pub async fn insert(
     tx: &mut PgConnection,
     saga: &Saga,
     request_hash: Option<&str>,
+    traceparent: Option<&str>,
 ) -> Result<bool, sqlx::Error> {
     let inserted = sqlx::query(
         "INSERT INTO sagas.sagas (saga_id, definition, status, current_step, state, version, \
-         deadline, request_hash, created_at, updated_at) \
-         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10) ON CONFLICT (saga_id) DO NOTHING",
+         deadline, request_hash, created_at, updated_at, traceparent) \
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11) ON CONFLICT (saga_id) DO NOTHING",
     )
     .bind(saga.id)
     .bind(&saga.definition)
@@ -43,6 +44,7 @@ pub async fn insert(
     .bind(request_hash)
     .bind(saga.created_at)
     .bind(saga.updated_at)
+    .bind(traceparent)
     .execute(tx)
     .await?;
     Ok(inserted.rows_affected() == 1)
@@ -56,6 +58,18 @@ pub async fn lock(tx: &mut PgConnection, saga_id: Uuid) -> Result<Option<Saga>, 
             .fetch_optional(tx)
             .await?;
     Ok(state.map(|s| s.0))
+}
+
+/// The trace a saga was started in.
+pub async fn traceparent(
+    tx: &mut PgConnection,
+    saga_id: Uuid,
+) -> Result<Option<String>, sqlx::Error> {
+    sqlx::query_scalar("SELECT traceparent FROM sagas.sagas WHERE saga_id = $1")
+        .bind(saga_id)
+        .fetch_optional(tx)
+        .await
+        .map(Option::flatten)
 }
 
 /// Reads a saga without locking it.

@@ -229,7 +229,19 @@ async fn concurrent_sweepers_time_each_saga_out_once(pool: PgPool) {
 async fn an_operator_cancel_compensates_and_is_logged(pool: PgPool) {
     let engine = Engine::new(pool.clone(), vec![checkout()]);
     let saga_id = Uuid::now_v7();
-    handle(&engine, &pool, &start_message(saga_id)).await;
+    let traceparent = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01";
+    let sent = handle(
+        &engine,
+        &pool,
+        &start_message(saga_id).with_traceparent(traceparent),
+    )
+    .await;
+    let create = sent
+        .iter()
+        .find(|m| m.message_type == "order.cmd.create")
+        .unwrap();
+    assert_eq!(create.step.as_deref(), Some("create_order"));
+    assert_eq!(create.traceparent.as_deref(), Some(traceparent));
     let (saga, changed) = engine
         .operate(
             saga_id,
@@ -243,6 +255,17 @@ async fn an_operator_cancel_compensates_and_is_logged(pool: PgPool) {
     assert_eq!(saga.status, SagaStatus::Compensating);
     let log = repo::log(&pool, saga_id).await.unwrap();
     assert!(log.last().unwrap().note.contains("customer called"));
+    // No message caused the cancel: its compensation goes on in the trace the saga began in.
+    let (trace, step): (Option<String>, Option<String>) = sqlx::query_as(
+        "SELECT traceparent, step FROM sagas.outbox \
+         WHERE correlation_id = $1 AND message_type = 'order.cmd.cancel'",
+    )
+    .bind(saga_id)
+    .fetch_one(&pool)
+    .await
+    .unwrap();
+    assert_eq!(trace.as_deref(), Some(traceparent));
+    assert_eq!(step.as_deref(), Some("create_order"));
     let (_, changed) = engine
         .operate(
             saga_id,

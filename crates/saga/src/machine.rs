@@ -62,6 +62,18 @@ pub enum StepStatus {
 }
 
 impl StepStatus {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Pending => "pending",
+            Self::Running => "running",
+            Self::Succeeded => "succeeded",
+            Self::Failed => "failed",
+            Self::TimedOut => "timed_out",
+            Self::Compensating => "compensating",
+            Self::Compensated => "compensated",
+        }
+    }
+
     /// Whether the step may have left an effect that a compensation must undo.
     fn may_have_effect(self) -> bool {
         matches!(self, Self::Succeeded | Self::TimedOut | Self::Compensating)

@@ -50,6 +50,8 @@ impl Inbox {
             .bind(message_id)
             .execute(tx)
             .await?;
+        metrics::counter!("warren_inbox_duplicates_total", "consumer" => consumer.to_owned())
+            .increment(1);
         Ok(())
     }
 

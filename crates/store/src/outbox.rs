@@ -26,10 +26,10 @@ impl Outbox {
             insert: format!(
                 "INSERT INTO {schema}.outbox (message_id, exchange, routing_key, message_type, \
                  correlation_id, causation_id, producer, traceparent, schema_version, payload, \
-                 created_at, available_at) \
-                 SELECT *, now() + make_interval(secs => $12) FROM UNNEST($1::uuid[], \
+                 created_at, step, available_at) \
+                 SELECT *, now() + make_interval(secs => $13) FROM UNNEST($1::uuid[], \
                  $2::text[], $3::text[], $4::text[], $5::uuid[], $6::uuid[], $7::text[], \
-                 $8::text[], $9::int4[], $10::jsonb[], $11::timestamptz[])"
+                 $8::text[], $9::int4[], $10::jsonb[], $11::timestamptz[], $12::text[])"
             )
             .into(),
         }
@@ -94,6 +94,7 @@ impl Outbox {
                 .push(i32::try_from(m.schema_version).unwrap_or(i32::MAX));
             rows.payload.push(m.payload.clone());
             rows.created_at.push(m.timestamp);
+            rows.step.push(m.step.clone());
         }
         sqlx::query(AssertSqlSafe(self.insert.clone()))
             .bind(rows.message_id)
@@ -107,6 +108,7 @@ impl Outbox {
             .bind(rows.schema_version)
             .bind(rows.payload)
             .bind(rows.created_at)
+            .bind(rows.step)
             .bind(lease.as_secs_f64())
             .execute(tx)
             .await?;
@@ -128,4 +130,5 @@ struct Columns {
     schema_version: Vec<i32>,
     payload: Vec<serde_json::Value>,
     created_at: Vec<DateTime<Utc>>,
+    step: Vec<Option<String>>,
 }

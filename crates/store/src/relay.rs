@@ -53,6 +53,9 @@ pub struct RelaySettings {
     pub publishes_in_flight: usize,
 }
 
+/// How often a relay measures its backlog for the metrics.
+const BACKLOG_INTERVAL: Duration = Duration::from_secs(5);
+
 impl Default for RelaySettings {
     fn default() -> Self {
         Self {
@@ -128,6 +131,7 @@ struct Statements {
     mark_failed: String,
     prune_outbox: String,
     prune_inbox: String,
+    backlog: String,
 }
 
 #[derive(sqlx::FromRow)]
@@ -140,6 +144,7 @@ struct Row {
     causation_id: Option<Uuid>,
     producer: String,
     traceparent: Option<String>,
+    step: Option<String>,
     schema_version: i32,
     payload: serde_json::Value,
     created_at: DateTime<Utc>,
@@ -155,6 +160,7 @@ impl Row {
             producer: self.producer,
             timestamp: self.created_at,
             traceparent: self.traceparent,
+            step: self.step,
             schema_version: u32::try_from(self.schema_version).unwrap_or(1),
             attempt: 1,
             payload: self.payload,
@@ -174,8 +180,8 @@ impl Relay {
         let sql = Statements {
             claim: format!(
                 "SELECT message_id, exchange, routing_key, message_type, correlation_id, \
-                 causation_id, producer, traceparent, schema_version, payload, created_at \
-                 FROM {s}.outbox WHERE published_at IS NULL AND available_at <= now() \
+                 causation_id, producer, traceparent, step, schema_version, payload, \
+                 created_at FROM {s}.outbox WHERE published_at IS NULL AND available_at <= now() \
                  ORDER BY seq LIMIT $1 FOR UPDATE SKIP LOCKED"
             ),
             delete_published: format!("DELETE FROM {s}.outbox WHERE message_id = ANY($1)"),
@@ -192,6 +198,10 @@ impl Relay {
             prune_inbox: format!(
                 "DELETE FROM {s}.inbox WHERE (consumer, message_id) IN (SELECT consumer, message_id \
                  FROM {s}.inbox WHERE received_at < now() - make_interval(secs => $1) LIMIT 10000)"
+            ),
+            backlog: format!(
+                "SELECT count(*), extract(epoch FROM now() - min(created_at))::float8 \
+                 FROM {s}.outbox WHERE published_at IS NULL"
             ),
         };
         let (sender, receiver) = mpsc::channel(1024);
@@ -381,6 +391,19 @@ impl Relay {
         Ok(removed)
     }
 
+    /// Sets the backlog gauges: rows not yet published, and how long the oldest has waited.
+    async fn measure_backlog(&self) -> Result<(), StoreError> {
+        let (rows, oldest): (i64, Option<f64>) =
+            sqlx::query_as(AssertSqlSafe(self.sql.backlog.clone()))
+                .fetch_one(&self.pool)
+                .await?;
+        #[allow(clippy::cast_precision_loss)] // a gauge; backlogs never near 2^52
+        metrics::gauge!("warren_outbox_backlog", "schema" => self.schema).set(rows as f64);
+        metrics::gauge!("warren_outbox_oldest_age_seconds", "schema" => self.schema)
+            .set(oldest.unwrap_or(0.0));
+        Ok(())
+    }
+
     /// Runs until `shutdown`: publishes handed-off messages as they come, and drains claimable
     /// rows whenever a notification or the poll interval says so.
     pub async fn run(self, shutdown: CancellationToken) -> Result<(), StoreError> {
@@ -404,11 +427,18 @@ impl Relay {
         );
         let mut next_drain = Instant::now();
         let mut next_prune = Instant::now();
+        let mut next_gauge = Instant::now();
         loop {
             if Instant::now() >= next_drain {
                 next_drain = Instant::now() + self.settings.poll_interval;
                 if let Err(error) = self.drain().await {
                     error!(schema = self.schema, %error, "outbox relay round failed");
+                }
+            }
+            if Instant::now() >= next_gauge {
+                next_gauge = Instant::now() + BACKLOG_INTERVAL;
+                if let Err(error) = self.measure_backlog().await {
+                    debug!(schema = self.schema, %error, "cannot measure the outbox backlog");
                 }
             }
             if Instant::now() >= next_prune {

@@ -1,7 +1,8 @@
 //! The `warren` binary: runs components and operates the system.
 //!
 //! - [`settings`]: one typed settings struct, from flags or `WARREN_*` variables.
-//! - [`telemetry`]: logging set-up.
+//! - [`telemetry`]: logging and metrics set-up.
+//! - [`ops`]: `/metrics`, `/healthz` and `/readyz` of processes without the gateway.
 //! - [`run`]: the long-running components and their shutdown.
 //! - [`queries`]: the participants' read handlers.
 //! - [`topology`]: applying and exporting the broker layout.
@@ -18,6 +19,7 @@ mod broker;
 mod chaos;
 mod dlq;
 mod history;
+mod ops;
 mod output;
 mod queries;
 mod run;

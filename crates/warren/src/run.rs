@@ -4,6 +4,7 @@
 //! the gateway stops accepting, consumers stop taking deliveries and finish the ones in hand,
 //! relays finish their batch; then the connections close.
 
+use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -13,6 +14,7 @@ use bus::rpc::{self, QueryHandler, RpcClient};
 use bus::{Bus, ConsumerSpec, Handler, Topology};
 use clap::{Args, ValueEnum};
 use contracts::Schemas;
+use metrics_exporter_prometheus::PrometheusHandle;
 use orchestrator::{Engine, SagaQueries};
 use saga::Definition;
 use sqlx::PgPool;
@@ -142,6 +144,7 @@ struct Components {
     shutdown: CancellationToken,
     /// Present only when the process allows chaos.
     faults: Option<Arc<Faults>>,
+    metrics: PrometheusHandle,
 }
 
 impl Components {
@@ -346,6 +349,7 @@ impl Components {
                 store: images::store::ImageStore::new(&self.settings.image_store),
                 upload_limit: self.settings.image_upload_limit,
             },
+            metrics: Some(self.metrics.clone()),
         };
         let addr = self.settings.http_addr;
         let token = self.shutdown.clone();
@@ -356,7 +360,30 @@ impl Components {
         });
         Ok(())
     }
+
+    /// `/metrics`, `/healthz` and `/readyz` on their own address: always in a process without
+    /// the gateway (which serves them itself), and in any process told where.
+    fn ops(&self, tasks: &mut Tasks, components: &[Component]) {
+        let addr = match self.settings.metrics_addr {
+            Some(addr) => addr,
+            None if components.contains(&Component::Gateway) => return,
+            None => DEFAULT_METRICS_ADDR,
+        };
+        let (metrics, bus, pool) = (self.metrics.clone(), self.bus.clone(), self.pool.clone());
+        let token = self.shutdown.clone();
+        tasks.spawn(async move {
+            crate::ops::serve(addr, metrics, bus, pool, async move {
+                token.cancelled().await;
+            })
+            .await
+            .with_context(|| format!("serving metrics on {addr}"))
+        });
+    }
 }
+
+/// Where a process without the gateway serves its metrics unless told otherwise.
+const DEFAULT_METRICS_ADDR: SocketAddr =
+    SocketAddr::new(std::net::IpAddr::V4(std::net::Ipv4Addr::LOCALHOST), 9180);
 
 pub async fn run(settings: &Settings, args: RunArgs) -> anyhow::Result<()> {
     let mut components = args.components;
@@ -389,6 +416,7 @@ pub async fn run(settings: &Settings, args: RunArgs) -> anyhow::Result<()> {
         None
     };
     let stop = CancellationToken::new();
+    let metrics = crate::telemetry::metrics(stop.clone())?;
     tokio::spawn({
         let stop = stop.clone();
         async move {
@@ -399,7 +427,8 @@ pub async fn run(settings: &Settings, args: RunArgs) -> anyhow::Result<()> {
 
     let mut bus = Bus::connect(&settings.bus(&label)).await?;
     let outcome = loop {
-        let (context, mut tasks) = match start(settings, &components, &bus, &pool, &faults).await {
+        let started = start(settings, &components, &bus, &pool, &faults, &metrics).await;
+        let (context, mut tasks) = match started {
             Ok(started) => started,
             Err(error) if !bus.is_connected() => {
                 warn!(error = %format!("{error:#}"), "cannot start the components while the broker is away");
@@ -434,6 +463,7 @@ pub async fn run(settings: &Settings, args: RunArgs) -> anyhow::Result<()> {
                     "the broker connection did not recover; reconnecting and restarting the components"
                 );
                 bus = reconnect(settings, &label, &bus, &stop).await?;
+                metrics::counter!("warren_broker_reconnects_total").increment(1);
             }
             Ended::BrokerLost => {}
             Ended::Failed(finished) => {
@@ -471,6 +501,7 @@ async fn start(
     bus: &Bus,
     pool: &PgPool,
     faults: &Option<Arc<Faults>>,
+    metrics: &PrometheusHandle,
 ) -> anyhow::Result<(Components, Tasks)> {
     Topology::standard()
         .declare(&bus.channel().await?)
@@ -482,8 +513,10 @@ async fn start(
         pool: pool.clone(),
         shutdown: CancellationToken::new(),
         faults: faults.clone(),
+        metrics: metrics.clone(),
     };
     let mut tasks: Tasks = JoinSet::new();
+    context.ops(&mut tasks, components);
     if let Some(faults) = faults.clone() {
         let identity = chaos::Identity {
             components: components.iter().map(|c| c.name().to_owned()).collect(),

@@ -35,6 +35,11 @@ pub struct Settings {
         default_value = "127.0.0.1:8080"
     )]
     pub http_addr: SocketAddr,
+    /// Where a process serves `/metrics`, `/healthz` and `/readyz` for scrapers and
+    /// orchestrators (default: on the gateway's address in a process that runs the gateway,
+    /// 127.0.0.1:9180 in any other).
+    #[arg(long, global = true, env = "WARREN_METRICS_ADDR")]
+    pub metrics_addr: Option<SocketAddr>,
     /// Database connections per process.
     #[arg(long, global = true, env = "WARREN_DB_POOL", default_value_t = 16)]
     pub db_pool: u32,

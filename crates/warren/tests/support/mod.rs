@@ -28,7 +28,12 @@ pub struct System {
     pub db_pool: u32,
     /// Start processes with `--allow-chaos`.
     pub allow_chaos: bool,
+    /// More environment for every process (after the defaults, so it may override them).
+    pub env: Vec<(String, String)>,
     children: Vec<Option<Child>>,
+    /// Where each process serves `/metrics`, by index.
+    metrics_ports: Vec<u16>,
+    log_files: Vec<PathBuf>,
     logs: PathBuf,
 }
 
@@ -37,7 +42,7 @@ fn admin_url() -> String {
         .unwrap_or_else(|_| "postgres://postgres:postgres@127.0.0.1:5432/warren".into())
 }
 
-fn free_port() -> u16 {
+pub fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0")
         .unwrap()
         .local_addr()
@@ -83,26 +88,35 @@ impl System {
             sagas_dir: None,
             db_pool: 8,
             allow_chaos: false,
+            env: Vec::new(),
             children: Vec::new(),
+            metrics_ports: Vec::new(),
+            log_files: Vec::new(),
             logs,
         }
     }
 
     /// Starts `warren run <components>`; returns its index for [`System::kill`].
     pub fn spawn(&mut self, components: &[&str]) -> usize {
+        self.spawn_at(components, self.port)
+    }
+
+    /// Starts `warren run <components>` with its gateway (if any) on `http_port`.
+    pub fn spawn_at(&mut self, components: &[&str], http_port: u16) -> usize {
         let index = self.children.len();
-        let log = std::fs::File::create(
-            self.logs
-                .join(format!("{index}-{}.log", components.join("+"))),
-        )
-        .unwrap();
+        let log_path = self
+            .logs
+            .join(format!("{index}-{}.log", components.join("+")));
+        let log = std::fs::File::create(&log_path).unwrap();
+        let metrics_port = free_port();
         let mut command = Command::new(env!("CARGO_BIN_EXE_warren"));
         command
             .arg("run")
             .args(components)
             .env("WARREN_AMQP_URL", testkit::amqp_url_for(&self.vhost))
             .env("WARREN_DATABASE_URL", &self.database_url)
-            .env("WARREN_HTTP_ADDR", format!("127.0.0.1:{}", self.port))
+            .env("WARREN_HTTP_ADDR", format!("127.0.0.1:{http_port}"))
+            .env("WARREN_METRICS_ADDR", format!("127.0.0.1:{metrics_port}"))
             .env("WARREN_DB_POOL", self.db_pool.to_string())
             .env("WARREN_SWEEP_INTERVAL_MS", "100")
             .env("WARREN_CONNECT_TIMEOUT_SECS", "30")
@@ -121,8 +135,21 @@ impl System {
         if self.allow_chaos {
             command.env("WARREN_ALLOW_CHAOS", "true");
         }
+        command.envs(self.env.iter().map(|(k, v)| (k, v)));
         self.children.push(Some(command.spawn().unwrap()));
+        self.metrics_ports.push(metrics_port);
+        self.log_files.push(log_path);
         index
+    }
+
+    /// The `/metrics` URL of a process started by [`System::spawn`].
+    pub fn metrics_url(&self, index: usize) -> String {
+        format!("http://127.0.0.1:{}/metrics", self.metrics_ports[index])
+    }
+
+    /// The file a process started by [`System::spawn`] logs to.
+    pub fn log_file(&self, index: usize) -> &std::path::Path {
+        &self.log_files[index]
     }
 
     /// Whether a process started by [`System::spawn`] is still running.
@@ -164,13 +191,14 @@ impl System {
 
     /// Waits until the gateway says it is ready.
     pub async fn ready(&self) {
-        testkit::within(PATIENCE, "the gateway to be ready", async {
+        self.answers(&format!("{}/readyz", self.base)).await;
+    }
+
+    /// Waits until `url` answers with a success (a process coming up).
+    pub async fn answers(&self, url: &str) {
+        testkit::within(PATIENCE, &format!("{url} to answer"), async {
             loop {
-                if let Ok(response) = self
-                    .client
-                    .get(format!("{}/readyz", self.base))
-                    .send()
-                    .await
+                if let Ok(response) = self.client.get(url).send().await
                     && response.status().is_success()
                 {
                     return;
