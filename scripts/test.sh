@@ -27,6 +27,8 @@ ensure_compose
 docker-compose config -q
 log "cargo clippy"
 cargo clippy --workspace --all-targets --locked -- -D warnings
+# The optional OTLP span export is built only with its feature: keep it compiling and clean.
+cargo clippy -p warren --features otlp --locked -- -D warnings
 log "tests"
 if cargo nextest --version >/dev/null 2>&1; then
   cargo nextest run --workspace --locked --no-fail-fast

@@ -211,6 +211,14 @@ async fn process<H: Handler>(delivery: Delivery, context: Arc<Context<H>>) {
         step = envelope.step.as_deref(),
         attempt = envelope.attempt,
     );
+    #[cfg(feature = "otel")]
+    if let Some(parent) = envelope
+        .traceparent
+        .as_deref()
+        .and_then(contracts::TraceParent::parse)
+    {
+        crate::otel::join(&span, &parent);
+    }
     let labels = [
         ("queue", context.queue.name.clone()),
         ("type", envelope.message_type.clone()),

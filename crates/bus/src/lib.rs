@@ -12,12 +12,16 @@
 //! - [`amqp`]: the envelope's mapping onto AMQP properties and headers.
 //! - [`rpc`]: queries, request/reply over direct reply-to: [`RpcClient`] for the gateway,
 //!   [`rpc::serve`] for the owning services.
+//! - `otel` (feature `otel`): message spans joined to their W3C trace for an OpenTelemetry
+//!   exporter.
 
 pub mod amqp;
 pub mod chaos;
 pub mod connection;
 pub mod consumer;
 pub mod error;
+#[cfg(feature = "otel")]
+pub mod otel;
 pub mod publisher;
 pub mod retry;
 pub mod rpc;

@@ -15,6 +15,7 @@ use contracts::Envelope;
 use contracts::messages::{LineItem, SagaStart};
 use serde::Deserialize;
 use serde_json::{Value, json};
+use tracing::field::Empty;
 use tracing::{Instrument, info, info_span};
 use uuid::Uuid;
 
@@ -101,11 +102,8 @@ pub async fn create(
         }
         None => (Uuid::now_v7(), Uuid::now_v7()),
     };
-    let span = info_span!(
-        "checkout",
-        saga_id = %saga_id,
-        trace_id = %trace.0.trace_id_hex(),
-    );
+    let span = info_span!("checkout", saga_id = %saga_id, trace_id = Empty);
+    let trace = trace.attach(&span);
     accept(state, trace, key, fingerprint, saga_id, order_id, request)
         .instrument(span)
         .await
@@ -160,7 +158,7 @@ async fn accept(
     };
     let message = Envelope::new(crate::COMPONENT, &start)
         .with_correlation(saga_id)
-        .with_traceparent(trace.0.to_string());
+        .with_traceparent(trace.current.to_string());
     state.publisher.publish(&message).await?;
     info!(message_id = %message.message_id, "checkout accepted");
     Ok((

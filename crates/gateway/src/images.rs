@@ -14,7 +14,8 @@ use axum::response::{IntoResponse, Response};
 use contracts::Envelope;
 use contracts::messages::SagaStart;
 use serde_json::{Value, json};
-use tracing::info;
+use tracing::field::Empty;
+use tracing::{Instrument, info, info_span};
 use uuid::Uuid;
 
 use crate::trace::Trace;
@@ -116,11 +117,17 @@ pub async fn upload(
         input,
         request_hash: None,
     };
+    let span = info_span!("image_upload", saga_id = %saga_id, trace_id = Empty);
+    let trace = trace.attach(&span);
     let message = Envelope::new(crate::COMPONENT, &start)
         .with_correlation(saga_id)
-        .with_traceparent(trace.0.to_string());
-    state.publisher.publish(&message).await?;
-    info!(%saga_id, %image_id, trace_id = %trace.0.trace_id_hex(), "image upload accepted");
+        .with_traceparent(trace.current.to_string());
+    state
+        .publisher
+        .publish(&message)
+        .instrument(span.clone())
+        .await?;
+    span.in_scope(|| info!(%image_id, "image upload accepted"));
     Ok((
         StatusCode::ACCEPTED,
         [trace.header()],

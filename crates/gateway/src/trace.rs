@@ -11,12 +11,36 @@ use axum::http::{HeaderName, HeaderValue};
 use contracts::{TraceParent, routing};
 
 #[derive(Debug, Clone, Copy)]
-pub struct Trace(pub TraceParent);
+pub struct Trace {
+    /// The gateway's own span: what the commands it publishes name as their parent.
+    pub current: TraceParent,
+    /// What the caller sent, if valid.
+    #[cfg_attr(not(feature = "otel"), allow(dead_code))]
+    incoming: Option<TraceParent>,
+}
 
 impl Trace {
+    /// Binds the trace to the request's span: records its trace id there, and with an
+    /// OpenTelemetry exporter joins the span to the caller's trace and takes the span's own
+    /// context as the one passed on, so exported spans form one tree.
+    #[must_use]
+    pub fn attach(self, span: &tracing::Span) -> Self {
+        #[cfg(feature = "otel")]
+        let this = {
+            if let Some(incoming) = &self.incoming {
+                bus::otel::join(span, incoming);
+            }
+            bus::otel::context(span).map_or(self, |current| Self { current, ..self })
+        };
+        #[cfg(not(feature = "otel"))]
+        let this = self;
+        span.record("trace_id", this.current.trace_id_hex());
+        this
+    }
+
     /// The header that tells the caller which trace its request runs in.
     pub fn header(&self) -> (HeaderName, HeaderValue) {
-        let value = HeaderValue::from_str(&self.0.to_string())
+        let value = HeaderValue::from_str(&self.current.to_string())
             .expect("a formatted traceparent is a valid header value");
         (HeaderName::from_static(routing::HEADER_TRACEPARENT), value)
     }
@@ -31,8 +55,9 @@ impl<S: Send + Sync> FromRequestParts<S> for Trace {
             .get(routing::HEADER_TRACEPARENT)
             .and_then(|v| v.to_str().ok())
             .and_then(TraceParent::parse);
-        Ok(Self(
-            incoming.map_or_else(TraceParent::new_root, |t| t.child()),
-        ))
+        Ok(Self {
+            current: incoming.map_or_else(TraceParent::new_root, |t| t.child()),
+            incoming,
+        })
     }
 }

@@ -117,7 +117,11 @@ async fn cli_main() -> std::process::ExitCode {
     } else {
         "warn"
     };
-    telemetry::init(&cli.settings.log_format, level);
+    let service = match &cli.command {
+        Command::Run(args) => format!("warren-{}", args.label()),
+        _ => "warren-cli".to_owned(),
+    };
+    let _telemetry = telemetry::init(&cli.settings.log_format, level, &service);
     let outcome = match cli.command {
         Command::Run(args) => run::run(&cli.settings, args)
             .await

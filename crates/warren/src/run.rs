@@ -37,6 +37,18 @@ pub struct RunArgs {
     allow_chaos: bool,
 }
 
+impl RunArgs {
+    /// What the process runs, as its connection and service names show it (`order`,
+    /// `gateway+orchestrator`, `all`).
+    pub fn label(&self) -> String {
+        self.components
+            .iter()
+            .map(|c| c.name())
+            .collect::<Vec<_>>()
+            .join("+")
+    }
+}
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
 pub enum Component {
     /// Everything in one process.

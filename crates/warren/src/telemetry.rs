@@ -5,6 +5,10 @@
 //! message is handled carries the message's span: queue, type, message id, saga id, trace id,
 //! step and attempt.
 //!
+//! Spans: built with the `otlp` feature and given `OTEL_EXPORTER_OTLP_ENDPOINT`, every span
+//! (a message's, a request's) is exported over OTLP/HTTP, joined to the W3C trace its message
+//! carries, so a tracing back end shows each saga as one trace.
+//!
 //! Metrics: the `metrics` facade, recorded by the Prometheus exporter and rendered by `/metrics`.
 
 use std::time::Duration;
@@ -16,15 +20,96 @@ use tracing_subscriber::EnvFilter;
 
 use crate::settings::LogFormat;
 
-pub fn init(format: &LogFormat, default_level: &str) {
+/// Installs logging (and, built with `otlp` and given `OTEL_EXPORTER_OTLP_ENDPOINT`, span
+/// export). Keep the guard until the process ends: dropping it flushes the spans not yet sent.
+pub fn init(format: &LogFormat, default_level: &str, service: &str) -> Guard {
+    use tracing_subscriber::Layer;
+    use tracing_subscriber::layer::SubscriberExt;
+    use tracing_subscriber::util::SubscriberInitExt;
+
     let filter =
         EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(default_level));
-    let builder = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr);
-    match format {
-        LogFormat::Text => builder.init(),
-        LogFormat::Json => builder.json().flatten_event(true).init(),
+    let lines = tracing_subscriber::fmt::layer().with_writer(std::io::stderr);
+    let lines = match format {
+        LogFormat::Text => lines.boxed(),
+        LogFormat::Json => lines.json().flatten_event(true).boxed(),
+    };
+    let registry = tracing_subscriber::registry().with(filter).with(lines);
+    #[cfg(feature = "otlp")]
+    {
+        let (layer, provider) = otlp::layer(service);
+        registry.with(layer).init();
+        Guard { provider }
+    }
+    #[cfg(not(feature = "otlp"))]
+    {
+        let _ = service;
+        registry.init();
+        Guard {}
+    }
+}
+
+/// Flushes exported spans when dropped.
+#[derive(Debug)]
+pub struct Guard {
+    #[cfg(feature = "otlp")]
+    provider: Option<opentelemetry_sdk::trace::SdkTracerProvider>,
+}
+
+#[cfg(feature = "otlp")]
+impl Drop for Guard {
+    fn drop(&mut self) {
+        if let Some(provider) = self.provider.take()
+            && let Err(error) = provider.shutdown()
+        {
+            eprintln!("warning: flushing spans to the OTLP endpoint failed: {error}");
+        }
+    }
+}
+
+/// OTLP over HTTP (protobuf), configured by the standard `OTEL_EXPORTER_OTLP_*` variables.
+#[cfg(feature = "otlp")]
+mod otlp {
+    use opentelemetry::trace::TracerProvider as _;
+    use opentelemetry_sdk::Resource;
+    use opentelemetry_sdk::trace::SdkTracerProvider;
+
+    type Layer<S> = tracing_opentelemetry::OpenTelemetryLayer<S, opentelemetry_sdk::trace::Tracer>;
+
+    /// The span-export layer, when an endpoint is configured.
+    pub fn layer<S>(service: &str) -> (Option<Layer<S>>, Option<SdkTracerProvider>)
+    where
+        S: tracing::Subscriber + for<'a> tracing_subscriber::registry::LookupSpan<'a>,
+    {
+        let configured = [
+            "OTEL_EXPORTER_OTLP_ENDPOINT",
+            "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT",
+        ]
+        .iter()
+        .any(|v| std::env::var_os(v).is_some());
+        if !configured {
+            return (None, None);
+        }
+        let exporter = match opentelemetry_otlp::SpanExporter::builder()
+            .with_http()
+            .build()
+        {
+            Ok(exporter) => exporter,
+            Err(error) => {
+                eprintln!("warning: no span export: {error}");
+                return (None, None);
+            }
+        };
+        let name = std::env::var("OTEL_SERVICE_NAME").unwrap_or_else(|_| service.to_owned());
+        let provider = SdkTracerProvider::builder()
+            .with_batch_exporter(exporter)
+            .with_resource(Resource::builder().with_service_name(name).build())
+            .build();
+        let tracer = provider.tracer("warren");
+        (
+            Some(tracing_opentelemetry::layer().with_tracer(tracer)),
+            Some(provider),
+        )
     }
 }
 
