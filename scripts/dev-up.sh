@@ -39,6 +39,7 @@ cat <<MSG
 
 Warren is up.
   Gateway          http://$WARREN_HTTP_ADDR  (health: /healthz, readiness: /readyz)
+  Saga page        http://$WARREN_HTTP_ADDR/ui
   RabbitMQ UI      $MANAGEMENT_URL  (guest / guest; vhost "warren")
   Audit queue      $MANAGEMENT_URL/#/queues/warren/warren.audit
   Logs             $STATE/logs/<component>.log (one process per component)

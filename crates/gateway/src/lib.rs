@@ -9,6 +9,7 @@
 //! - [`notifications`]: customers' notifications, listed and streamed.
 //! - [`error`], [`extract`]: the JSON error every route answers with.
 //! - [`health`]: liveness and readiness.
+//! - [`ui`]: the live saga page for people, with its event stream and queue counts.
 
 pub mod checkouts;
 pub mod error;
@@ -19,6 +20,7 @@ pub mod images;
 pub mod notifications;
 pub mod resources;
 pub mod sagas;
+pub mod ui;
 
 use std::future::Future;
 use std::net::SocketAddr;
@@ -37,6 +39,7 @@ use tracing::info;
 
 pub use error::ApiError;
 pub use events::LiveEvents;
+pub use ui::UiSettings;
 
 /// The name the gateway publishes under.
 pub const COMPONENT: &str = "gateway";
@@ -54,6 +57,7 @@ pub struct AppState {
     pub pool: Option<PgPool>,
     pub query_timeout: Duration,
     pub images: ImageSettings,
+    pub ui: UiSettings,
 }
 
 /// Where uploads go and how large they may be.
@@ -101,6 +105,9 @@ pub fn router(state: AppState) -> Router {
         .route("/healthz", get(health::live))
         .route("/readyz", get(health::ready))
         .route("/openapi.json", get(openapi))
+        .route("/ui", get(ui::page))
+        .route("/ui/events", get(ui::events))
+        .route("/ui/queues", get(ui::queues))
         .fallback(error::not_found)
         .method_not_allowed_fallback(error::method_not_allowed)
         .layer(DefaultBodyLimit::max(BODY_LIMIT))

@@ -120,7 +120,8 @@ pub async fn events(
     Ok(Sse::new(stream).keep_alive(KeepAlive::new().interval(Duration::from_secs(15))))
 }
 
-fn event(view: &SagaView, transition: &str) -> Event {
+/// Also [`crate::ui::events`]'s format, so one page reads both streams the same way.
+pub(crate) fn event(view: &SagaView, transition: &str) -> Event {
     let mut data = serde_json::to_value(view).unwrap_or(Value::Null);
     data["transition"] = Value::String(transition.to_owned());
     Event::default()

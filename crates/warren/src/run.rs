@@ -346,6 +346,10 @@ impl Components {
                 store: images::store::ImageStore::new(&self.settings.image_store),
                 upload_limit: self.settings.image_upload_limit,
             },
+            ui: gateway::UiSettings {
+                management_url: self.settings.management_url.clone(),
+                vhost: self.settings.vhost(),
+            },
         };
         let addr = self.settings.http_addr;
         let token = self.shutdown.clone();
