@@ -41,7 +41,9 @@ pub async fn page() -> impl IntoResponse {
 
 /// Every saga's transitions as they happen. A stream that falls behind is told how many it
 /// missed (a `lagged` event), so the page reloads the list instead of showing stale states.
-pub async fn events(State(state): State<AppState>) -> Sse<impl Stream<Item = Result<Event, Infallible>>> {
+pub async fn events(
+    State(state): State<AppState>,
+) -> Sse<impl Stream<Item = Result<Event, Infallible>>> {
     let receiver = state.events.sagas();
     let stream = futures_util::stream::unfold(receiver, |mut receiver| async move {
         let event = match receiver.recv().await {

@@ -158,7 +158,10 @@ mod tests {
     fn the_vhost_is_the_decoded_path_of_the_amqp_url() {
         let cases = [
             ("amqp://guest:guest@127.0.0.1:5672/warren", "warren"),
-            ("amqp://guest:guest@127.0.0.1:5672/warren_test?heartbeat=10", "warren_test"),
+            (
+                "amqp://guest:guest@127.0.0.1:5672/warren_test?heartbeat=10",
+                "warren_test",
+            ),
             ("amqp://127.0.0.1:5672/%2F", "/"),
             ("amqp://127.0.0.1/my%20vhost", "my vhost"),
             ("amqps://user:p%40ss@rabbit.example:5671/a%2Fb", "a/b"),

@@ -170,10 +170,7 @@ async fn the_saga_page_follows_checkouts_live() {
         .await
         .unwrap();
     assert_eq!(page.status(), 200);
-    assert_eq!(
-        page.headers()["content-type"],
-        "text/html; charset=utf-8"
-    );
+    assert_eq!(page.headers()["content-type"], "text/html; charset=utf-8");
     let (_, openapi) = system.get("/openapi.json").await;
     for path in ["/ui", "/ui/events", "/ui/queues"] {
         assert!(openapi["paths"][path].is_object(), "{path} is missing");
@@ -271,8 +268,36 @@ async fn the_saga_page_follows_checkouts_live() {
     )
     .await;
     println!("the page followed two checkouts in {:?}", started.elapsed());
-
     browser.close().await.unwrap();
     drop(driver);
+
+    // A queue that cannot be read is shown without counts; the others are still counted.
+    let deleted = system
+        .client
+        .delete(format!(
+            "{}/api/queues/{}/image.commands.dead",
+            testkit::management_url(),
+            system.vhost
+        ))
+        .basic_auth("guest", Some("guest"))
+        .send()
+        .await
+        .unwrap();
+    assert!(deleted.status().is_success(), "{}", deleted.status());
+    let (status, queues) = system.get("/ui/queues").await;
+    assert_eq!(status, 200, "{queues}");
+    let parked: Vec<(&str, &Value)> = queues["queues"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|q| (q["name"].as_str().unwrap(), &q["parked"]))
+        .collect();
+    for (name, count) in parked {
+        match name {
+            "image.commands" => assert!(count.is_null(), "{queues}"),
+            _ => assert_eq!(count, 0, "{name}: {queues}"),
+        }
+    }
+
     system.stop().await;
 }
