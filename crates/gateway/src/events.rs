@@ -16,7 +16,7 @@ use contracts::{Message, routing};
 use futures_util::StreamExt;
 use lapin::{Channel, Consumer};
 use tokio::sync::broadcast;
-use tokio_util::sync::CancellationToken;
+use tokio_util::sync::{CancellationToken, WaitForCancellationFutureOwned};
 use tracing::{debug, info, warn};
 
 /// How many events a slow stream may fall behind before it misses some.
@@ -28,6 +28,7 @@ const RESUBSCRIBE: Duration = Duration::from_secs(1);
 pub struct LiveEvents {
     sagas: broadcast::Sender<Arc<SagaUpdated>>,
     notifications: broadcast::Sender<Arc<NotificationCreated>>,
+    shutdown: CancellationToken,
 }
 
 impl LiveEvents {
@@ -39,6 +40,7 @@ impl LiveEvents {
         let events = Self {
             sagas,
             notifications,
+            shutdown: shutdown.clone(),
         };
         tokio::spawn(events.clone().fan_out(bus.clone(), subscription, shutdown));
         Ok(events)
@@ -108,6 +110,12 @@ impl LiveEvents {
 
     pub fn notifications(&self) -> broadcast::Receiver<Arc<NotificationCreated>> {
         self.notifications.subscribe()
+    }
+
+    /// Completes when the process stops. Streams end on it: graceful shutdown waits for open
+    /// connections, and a page left open would otherwise hold it for the whole grace period.
+    pub fn stopping(&self) -> WaitForCancellationFutureOwned {
+        self.shutdown.clone().cancelled_owned()
     }
 }
 

@@ -11,6 +11,7 @@
 //! - [`health`]: liveness and readiness.
 //! - [`http_metrics`]: `/metrics`, and request counts and latency by route.
 //! - [`trace`]: the W3C trace a request runs in, passed on to what it publishes.
+//! - [`ui`]: the live saga page for people, with its event stream and queue counts.
 
 pub mod checkouts;
 pub mod error;
@@ -23,6 +24,7 @@ pub mod notifications;
 pub mod resources;
 pub mod sagas;
 pub mod trace;
+pub mod ui;
 
 use std::future::Future;
 use std::net::SocketAddr;
@@ -43,6 +45,7 @@ use tracing::info;
 
 pub use error::ApiError;
 pub use events::LiveEvents;
+pub use ui::UiSettings;
 
 /// The name the gateway publishes under.
 pub const COMPONENT: &str = "gateway";
@@ -62,6 +65,7 @@ pub struct AppState {
     pub images: ImageSettings,
     /// The process's metrics, served at `/metrics` (none in tests that do not install them).
     pub metrics: Option<PrometheusHandle>,
+    pub ui: UiSettings,
 }
 
 /// Where uploads go and how large they may be.
@@ -110,6 +114,9 @@ pub fn router(state: AppState) -> Router {
         .route("/readyz", get(health::ready))
         .route("/metrics", get(http_metrics::render))
         .route("/openapi.json", get(openapi))
+        .route("/ui", get(ui::page))
+        .route("/ui/events", get(ui::events))
+        .route("/ui/queues", get(ui::queues))
         .route_layer(middleware::from_fn(http_metrics::record))
         .fallback(error::not_found)
         .method_not_allowed_fallback(error::method_not_allowed)

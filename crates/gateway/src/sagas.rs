@@ -7,7 +7,7 @@ use axum::Json;
 use axum::extract::{Path, Query, State};
 use axum::response::sse::{Event, KeepAlive, Sse};
 use contracts::messages::SagaView;
-use futures_util::Stream;
+use futures_util::{Stream, StreamExt};
 use serde::Deserialize;
 use serde_json::{Value, json};
 use tokio::sync::broadcast::error::RecvError;
@@ -117,10 +117,12 @@ pub async fn events(
             }
         },
     );
-    Ok(Sse::new(stream).keep_alive(KeepAlive::new().interval(Duration::from_secs(15))))
+    Ok(Sse::new(stream.take_until(state.events.stopping()))
+        .keep_alive(KeepAlive::new().interval(Duration::from_secs(15))))
 }
 
-fn event(view: &SagaView, transition: &str) -> Event {
+/// Also [`crate::ui::events`]'s format, so one page reads both streams the same way.
+pub(crate) fn event(view: &SagaView, transition: &str) -> Event {
     let mut data = serde_json::to_value(view).unwrap_or(Value::Null);
     data["transition"] = Value::String(transition.to_owned());
     Event::default()

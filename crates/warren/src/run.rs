@@ -362,6 +362,10 @@ impl Components {
                 upload_limit: self.settings.image_upload_limit,
             },
             metrics: Some(self.metrics.clone()),
+            ui: gateway::UiSettings {
+                management_url: self.settings.management_url.clone(),
+                vhost: self.settings.vhost(),
+            },
         };
         let addr = self.settings.http_addr;
         let token = self.shutdown.clone();

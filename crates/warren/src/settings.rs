@@ -88,6 +88,14 @@ pub struct Settings {
     /// The largest image upload accepted, in bytes.
     #[arg(long, global = true, env = "WARREN_IMAGE_UPLOAD_LIMIT", default_value_t = 10 * 1024 * 1024)]
     pub image_upload_limit: usize,
+    /// The RabbitMQ management UI, which the gateway's `/ui` page links to.
+    #[arg(
+        long,
+        global = true,
+        env = "WARREN_MANAGEMENT_URL",
+        default_value = "http://127.0.0.1:15672"
+    )]
+    pub management_url: String,
     /// Log format.
     #[arg(long, global = true, env = "WARREN_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text)]
     pub log_format: LogFormat,
@@ -121,6 +129,12 @@ impl Settings {
         }
     }
 
+    /// The vhost of the AMQP URL, decoded as the connection decodes it; `/` when the URL names
+    /// none.
+    pub fn vhost(&self) -> String {
+        vhost_of(&self.amqp_url)
+    }
+
     pub fn connect_timeout(&self) -> Duration {
         Duration::from_secs(
             self.connect_timeout_secs
@@ -130,5 +144,38 @@ impl Settings {
 
     pub fn shutdown_grace(&self) -> Duration {
         Duration::from_secs(self.shutdown_grace_secs)
+    }
+}
+
+fn vhost_of(amqp_url: &str) -> String {
+    // An unparsable URL fails the connection with its own message; the vhost only labels links.
+    match amqp_url.parse::<lapin::uri::AMQPUri>() {
+        Ok(uri) if !uri.vhost.is_empty() => uri.vhost,
+        _ => "/".to_owned(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::vhost_of;
+
+    #[test]
+    fn the_vhost_is_the_decoded_path_of_the_amqp_url() {
+        let cases = [
+            ("amqp://guest:guest@127.0.0.1:5672/warren", "warren"),
+            (
+                "amqp://guest:guest@127.0.0.1:5672/warren_test?heartbeat=10",
+                "warren_test",
+            ),
+            ("amqp://127.0.0.1:5672/%2F", "/"),
+            ("amqp://127.0.0.1/my%20vhost", "my vhost"),
+            ("amqps://user:p%40ss@rabbit.example:5671/a%2Fb", "a/b"),
+            ("amqp://127.0.0.1:5672", "/"),
+            ("amqp://127.0.0.1:5672/", "/"),
+            ("not a url", "/"),
+        ];
+        for (url, vhost) in cases {
+            assert_eq!(vhost_of(url), vhost, "{url}");
+        }
     }
 }

@@ -529,6 +529,10 @@ async fn the_openapi_document_lists_every_route() {
         "/v1/images/{id}/variants/{name}",
         "/v1/notifications",
         "/v1/notifications/stream",
+        "/metrics",
+        "/ui",
+        "/ui/events",
+        "/ui/queues",
     ] {
         assert!(document["paths"][path].is_object(), "{path} is missing");
     }
