@@ -114,6 +114,22 @@ impl Drop for Driver {
     }
 }
 
+/// Waits for a saga's row to show `state`, clicks it, and waits for its timeline to show the
+/// same. (Each update redraws the row: the one clicked is the one showing the end.)
+async fn open_timeline(browser: &Client, saga_id: &str, state: &str) {
+    let row = shown(
+        browser,
+        &format!(r#"#sagas tr[data-saga-id="{saga_id}"][data-state="{state}"]"#),
+    )
+    .await;
+    row.click().await.unwrap();
+    shown(
+        browser,
+        &format!(r#"#timeline [data-saga-id="{saga_id}"][data-state="{state}"]"#),
+    )
+    .await;
+}
+
 /// Waits for an element matching `css`; on a timeout, fails with the page as it stood.
 async fn shown(browser: &Client, css: &str) -> fantoccini::elements::Element {
     match browser
@@ -187,18 +203,7 @@ async fn the_saga_page_follows_checkouts_live() {
     assert_eq!(status, 202, "{answer}");
     let happy = saga_id(&answer);
     shown(&browser, &format!(r#"#sagas tr[data-saga-id="{happy}"]"#)).await;
-    // Each update redraws the row: click the one showing the end.
-    let row = shown(
-        &browser,
-        &format!(r#"#sagas tr[data-saga-id="{happy}"][data-state="completed"]"#),
-    )
-    .await;
-    row.click().await.unwrap();
-    shown(
-        &browser,
-        &format!(r#"#timeline [data-saga-id="{happy}"][data-state="completed"]"#),
-    )
-    .await;
+    open_timeline(&browser, &happy, "completed").await;
     assert_eq!(
         timeline(&browser).await,
         named(&[
@@ -236,17 +241,7 @@ async fn the_saga_page_follows_checkouts_live() {
     let (status, answer) = system.checkout("c-2", &[("SKU-1", 1)], None).await;
     assert_eq!(status, 202, "{answer}");
     let declined = saga_id(&answer);
-    let row = shown(
-        &browser,
-        &format!(r#"#sagas tr[data-saga-id="{declined}"][data-state="compensated"]"#),
-    )
-    .await;
-    row.click().await.unwrap();
-    shown(
-        &browser,
-        &format!(r#"#timeline [data-saga-id="{declined}"][data-state="compensated"]"#),
-    )
-    .await;
+    open_timeline(&browser, &declined, "compensated").await;
     assert_eq!(
         timeline(&browser).await,
         named(&[
