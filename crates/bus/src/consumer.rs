@@ -14,7 +14,7 @@ use std::panic::AssertUnwindSafe;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use contracts::{Envelope, Schemas, routing};
+use contracts::{Envelope, Schemas, TraceParent, routing};
 use futures_util::{FutureExt, StreamExt};
 use lapin::message::Delivery;
 use lapin::options::{
@@ -23,6 +23,7 @@ use lapin::options::{
 use lapin::types::FieldTable;
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
+use tracing::field::Empty;
 use tracing::{Instrument, debug, error, info, info_span, warn};
 
 use crate::chaos::Faults;
@@ -208,17 +209,23 @@ async fn process<H: Handler>(delivery: Delivery, context: Arc<Context<H>>) {
         message_id = %envelope.message_id,
         saga_id = envelope.correlation_id.map(|id| id.to_string()),
         trace_id = envelope.trace_id(),
+        span_id = Empty,
         step = envelope.step.as_deref(),
         attempt = envelope.attempt,
     );
-    #[cfg(feature = "otel")]
-    if let Some(parent) = envelope
-        .traceparent
-        .as_deref()
-        .and_then(contracts::TraceParent::parse)
-    {
-        crate::otel::join(&span, &parent);
-    }
+    // The handler sees this hop's own trace context, so what it sends names this hop as its
+    // parent; a retry keeps the context the message came with.
+    let incoming = envelope.traceparent.as_deref().and_then(TraceParent::parse);
+    let handed = match hop(&span, incoming.as_ref()) {
+        Some(own) => {
+            span.record("span_id", format!("{:016x}", own.parent_id));
+            Envelope {
+                traceparent: Some(own.to_string()),
+                ..envelope.clone()
+            }
+        }
+        None => envelope.clone(),
+    };
     let labels = [
         ("queue", context.queue.name.clone()),
         ("type", envelope.message_type.clone()),
@@ -236,7 +243,7 @@ async fn process<H: Handler>(delivery: Delivery, context: Arc<Context<H>>) {
                 "injected fault: compensation outage".into(),
             ))
         } else {
-            AssertUnwindSafe(context.handler.handle(envelope.clone()))
+            AssertUnwindSafe(context.handler.handle(handed))
                 .catch_unwind()
                 .await
                 .unwrap_or_else(|_| Err(HandlerError::Transient("handler panicked".into())))
@@ -285,6 +292,22 @@ async fn process<H: Handler>(delivery: Delivery, context: Arc<Context<H>>) {
     }
     .instrument(span)
     .await;
+}
+
+/// The trace context of this hop: a child of the span that sent the message (with an
+/// OpenTelemetry exporter, the exported message span itself, joined to that sender).
+fn hop(span: &tracing::Span, incoming: Option<&TraceParent>) -> Option<TraceParent> {
+    let incoming = incoming?;
+    #[cfg(feature = "otel")]
+    {
+        crate::otel::join(span, incoming);
+        if let Some(own) = crate::otel::context(span) {
+            return Some(own);
+        }
+    }
+    #[cfg(not(feature = "otel"))]
+    let _ = span;
+    Some(incoming.child())
 }
 
 /// Moves a delivery to its parking queue with the reason, verbatim otherwise. `kind` sorts

@@ -173,6 +173,7 @@ async fn two_of_every_component_share_the_work_and_keep_the_invariants_and_the_t
     // The traced checkout: every line about it names its trace, in every component it touched.
     let mut touched = BTreeSet::new();
     let mut steps = BTreeSet::new();
+    let mut hops = BTreeSet::new();
     for (component, indexes) in &replicas {
         for &index in indexes {
             let text = std::fs::read_to_string(system.log_file(index)).unwrap();
@@ -187,6 +188,9 @@ async fn two_of_every_component_share_the_work_and_keep_the_invariants_and_the_t
                 if let Some(step) = field(&entry, "step") {
                     steps.insert(step);
                 }
+                if let Some(span) = field(&entry, "span_id") {
+                    hops.insert(span);
+                }
                 touched.insert(*component);
             }
         }
@@ -198,6 +202,9 @@ async fn two_of_every_component_share_the_work_and_keep_the_invariants_and_the_t
             "no {component} line about the traced saga; touched: {touched:?}"
         );
     }
+    // Each message handled is a hop of its own: the start, four commands, four replies, and
+    // the confirmed order's event at inventory and notification.
+    assert!(hops.len() >= 11, "hops of the traced saga: {hops:?}");
     for step in [
         "create_order",
         "reserve_inventory",
