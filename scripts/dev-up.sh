@@ -35,6 +35,11 @@ if ! wait_for 90 ready; then
   die "the gateway did not become ready on http://$WARREN_HTTP_ADDR/readyz"
 fi
 
+# A development operator token, readable by this user only; printed below.
+(umask 077; "$BIN" auth token --subject dev-operator --scope "operator ui" --ttl 30d \
+  >"$STATE/dev-token")
+TOKEN=$(cat "$STATE/dev-token")
+
 metrics_urls=""
 for component in "${COMPONENTS[@]}"; do
   metrics_urls+=$(printf '\n                   %-13s http://%s/metrics' "$component" "$(metrics_addr "$component")")
@@ -44,7 +49,10 @@ cat <<MSG
 
 Warren is up.
   Gateway          http://$WARREN_HTTP_ADDR  (health: /healthz, readiness: /readyz, metrics: /metrics)
-  Live page        http://$WARREN_HTTP_ADDR/ui
+  Live page        http://$WARREN_HTTP_ADDR/ui#token=$TOKEN
+  Operator token   $STATE/dev-token (development only; scopes operator and ui, 30 days):
+                   TOKEN=\$(cat .warren/dev-token); curl -H "authorization: Bearer \$TOKEN" ...
+                   $TOKEN
   RabbitMQ UI      $MANAGEMENT_URL  (guest / guest; vhost "warren")
   Audit queue      $MANAGEMENT_URL/#/queues/warren/warren.audit
   Metrics          each process (also /healthz and /readyz):$metrics_urls

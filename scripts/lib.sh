@@ -179,11 +179,33 @@ metrics_addr() {
 # Starts one component in the background (logs in .warren/logs/<component>.log), with its
 # metrics address. The development stack accepts injected faults, so scripts/chaos/ can
 # rehearse failures.
+# Development mode only: the gateway's token secret, made once and kept in .warren/secrets
+# (git-ignored, readable by this user only). Outside development no default credential exists:
+# a gateway without WARREN_JWT_KEY_FILE or WARREN_API_KEYS_FILE refuses to start.
+dev_credentials() {
+  local secret="$STATE/secrets/jwt-secret"
+  mkdir -p "$STATE/secrets"
+  chmod 700 "$STATE/secrets"
+  if [ ! -s "$secret" ]; then
+    (umask 077; head -c 48 /dev/urandom | base64 | tr -d '\n' >"$secret")
+  fi
+  export WARREN_JWT_KEY_FILE="$secret"
+}
+
+# The development operator token (scopes operator and ui), as dev-up.sh wrote it.
+dev_token() {
+  [ -s "$STATE/dev-token" ] || die "no $STATE/dev-token: run scripts/dev-up.sh first"
+  cat "$STATE/dev-token"
+}
+
 start_component() {
   local component=$1 metrics
   component_running "$component" && return 0
   if [ "$component" = gateway ]; then
-    metrics=(-u WARREN_METRICS_ADDR)   # only on WARREN_HTTP_ADDR
+    dev_credentials
+    # One person trying things, and the failure rehearsals' load, come as one client.
+    metrics=(-u WARREN_METRICS_ADDR "WARREN_RATE_LIMIT=${WARREN_RATE_LIMIT:-500}"
+             "WARREN_RATE_BURST=${WARREN_RATE_BURST:-1000}")   # metrics only on WARREN_HTTP_ADDR
   else
     metrics=("WARREN_METRICS_ADDR=$(metrics_addr "$component")")
   fi

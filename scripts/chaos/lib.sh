@@ -10,6 +10,9 @@ export WARREN_DATABASE_URL="${WARREN_DATABASE_URL:-postgres://postgres:postgres@
 export WARREN_AMQP_URL="${WARREN_AMQP_URL:-amqp://guest:guest@127.0.0.1:5672/warren}"
 export WARREN_HTTP_ADDR="${WARREN_HTTP_ADDR:-127.0.0.1:8080}"
 GATEWAY="http://$WARREN_HTTP_ADDR"
+# The development operator token: every request below carries it (checkout runs in subshells).
+WARREN_TOKEN="$(dev_token)"
+export WARREN_TOKEN
 # How long the system may take to settle after a fault.
 SETTLE="${CHAOS_SETTLE:-180s}"
 # Names unique to this run, so scenarios never disturb each other's data.
@@ -31,15 +34,19 @@ seed() {
   local i
   for i in 1 2 3 4 5; do
     curl -sf -X PUT "$GATEWAY/v1/products/CHAOS-$RUN-$i" -H 'content-type: application/json' \
+      -H "authorization: Bearer $WARREN_TOKEN" \
       --data "{\"name\": \"Chaos $i\", \"price_cents\": $((i * 250)), \"available\": 100000}" >/dev/null
   done
   for i in $(seq 0 19); do
     local balance=$(( i == 0 ? 0 : 100000000 ))
     curl -sf -X PUT "$GATEWAY/v1/accounts/chaos-$RUN-$i" -H 'content-type: application/json' \
+      -H "authorization: Bearer $WARREN_TOKEN" \
       --data "{\"balance_cents\": $balance}" >/dev/null
   done
-  wait_for 30 curl -sf "$GATEWAY/v1/accounts/chaos-$RUN-19" || die "the seed data did not arrive"
-  wait_for 30 curl -sf "$GATEWAY/v1/products/CHAOS-$RUN-5" || die "the seed data did not arrive"
+  wait_for 30 curl -sf -H "authorization: Bearer $WARREN_TOKEN" "$GATEWAY/v1/accounts/chaos-$RUN-19" \
+    || die "the seed data did not arrive"
+  wait_for 30 curl -sf -H "authorization: Bearer $WARREN_TOKEN" "$GATEWAY/v1/products/CHAOS-$RUN-5" \
+    || die "the seed data did not arrive"
 }
 
 # One checkout the way a careful client sends it: the same Idempotency-Key until accepted.
@@ -49,6 +56,7 @@ checkout() {
   for attempt in $(seq 1 300); do
     if [ "$(curl -s -o /dev/null -w '%{http_code}' -X POST "$GATEWAY/v1/checkouts" \
           -H 'content-type: application/json' -H "Idempotency-Key: chaos-$RUN-$i" \
+          -H "authorization: Bearer $WARREN_TOKEN" \
           --data "$body")" = 202 ]; then
       return 0
     fi

@@ -19,6 +19,7 @@ use tracing::field::Empty;
 use tracing::{Instrument, info, info_span};
 use uuid::Uuid;
 
+use crate::auth::Principal;
 use crate::extract::ApiJson;
 use crate::trace::Trace;
 use crate::{ApiError, AppState};
@@ -65,11 +66,13 @@ pub fn validate(request: &CheckoutRequest) -> Result<(), ApiError> {
 
 pub async fn create(
     State(state): State<AppState>,
+    principal: Principal,
     trace: Trace,
     headers: HeaderMap,
     ApiJson(request): ApiJson<CheckoutRequest>,
 ) -> Result<(StatusCode, [(HeaderName, HeaderValue); 1], Json<Value>), ApiError> {
     validate(&request)?;
+    principal.act_for(&request.customer_id)?;
     let key = match headers.get("idempotency-key") {
         None => None,
         Some(value) => {

@@ -18,6 +18,7 @@ use tracing::field::Empty;
 use tracing::{Instrument, info, info_span};
 use uuid::Uuid;
 
+use crate::auth::{Principal, Scope};
 use crate::trace::Trace;
 use crate::{ApiError, AppState};
 
@@ -48,6 +49,7 @@ async fn read_limited(
 
 pub async fn upload(
     State(state): State<AppState>,
+    principal: Principal,
     trace: Trace,
     headers: HeaderMap,
     mut multipart: Multipart,
@@ -95,6 +97,18 @@ pub async fn upload(
         .ok_or_else(|| ApiError::Invalid("a non-empty file field is required".into()))?;
     let variants =
         variants.ok_or_else(|| ApiError::Invalid("a variants field is required".into()))?;
+    // A customer's upload is its own, named or not.
+    let customer_id = match (customer_id, principal.only_customer()) {
+        (Some(named), _) => {
+            principal.act_for(&named)?;
+            Some(named)
+        }
+        (None, Some(own)) => {
+            principal.act_for(own)?;
+            Some(own.to_owned())
+        }
+        (None, None) => None,
+    };
     images::spec::parse_all(&variants).map_err(|e| ApiError::Invalid(e.to_string()))?;
 
     let image_id = Uuid::now_v7();
@@ -150,10 +164,12 @@ async fn image(state: &AppState, id: Uuid) -> Result<Value, ApiError> {
 
 pub async fn get(
     State(state): State<AppState>,
+    principal: Principal,
     Path(id): Path<String>,
 ) -> Result<Json<Value>, ApiError> {
     let id = image_id(&id)?;
     let mut view = image(&state, id).await?;
+    check_owner(&principal, &view)?;
     if let Some(variants) = view["variants"].as_array_mut() {
         for variant in variants {
             let name = variant["name"].as_str().unwrap_or_default();
@@ -165,10 +181,12 @@ pub async fn get(
 
 pub async fn variant(
     State(state): State<AppState>,
+    principal: Principal,
     Path((id, name)): Path<(String, String)>,
 ) -> Result<Response, ApiError> {
     let id = image_id(&id)?;
     let view = image(&state, id).await?;
+    check_owner(&principal, &view)?;
     let found = view["variants"]
         .as_array()
         .and_then(|vs| vs.iter().find(|v| v["name"] == name.as_str()))
@@ -185,6 +203,14 @@ pub async fn variant(
         ))
     })?;
     Ok(([(header::CONTENT_TYPE, content_type)], Body::from(bytes)).into_response())
+}
+
+/// An image is its customer's; one uploaded for nobody is for back ends and operators only.
+fn check_owner(principal: &Principal, view: &Value) -> Result<(), ApiError> {
+    match view["customer_id"].as_str() {
+        Some(customer) => principal.act_for(customer),
+        None => principal.require(Scope::Customers),
+    }
 }
 
 /// Percent-encodes a variant name for a URL path segment.

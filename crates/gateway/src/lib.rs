@@ -8,15 +8,18 @@
 //! - [`events`]: the one live-event subscription each gateway process fans out.
 //! - [`notifications`]: customers' notifications, listed and streamed.
 //! - [`error`], [`extract`]: the JSON error every route answers with.
+//! - [`auth`], [`guard`]: who is calling and what they may do; rate limits and deadlines.
 //! - [`health`]: liveness and readiness.
 //! - [`http_metrics`]: `/metrics`, and request counts and latency by route.
 //! - [`trace`]: the W3C trace a request runs in, passed on to what it publishes.
 //! - [`ui`]: the live saga page for people, with its event stream and queue counts.
 
+pub mod auth;
 pub mod checkouts;
 pub mod error;
 pub mod events;
 pub mod extract;
+pub mod guard;
 pub mod health;
 pub mod http_metrics;
 pub mod images;
@@ -32,6 +35,7 @@ use std::time::Duration;
 
 use axum::Router;
 use axum::extract::DefaultBodyLimit;
+use axum::handler::Handler;
 use axum::http::header;
 use axum::middleware;
 use axum::response::IntoResponse;
@@ -43,8 +47,10 @@ use serde_json::Value;
 use sqlx::PgPool;
 use tracing::info;
 
+pub use auth::{ApiKey, Auth, JwtSettings, Principal, Scope};
 pub use error::ApiError;
 pub use events::LiveEvents;
+pub use guard::Limits;
 pub use ui::UiSettings;
 
 /// The name the gateway publishes under.
@@ -66,6 +72,11 @@ pub struct AppState {
     /// The process's metrics, served at `/metrics` (none in tests that do not install them).
     pub metrics: Option<PrometheusHandle>,
     pub ui: UiSettings,
+    /// Who may call (see [`auth`]).
+    pub auth: Auth,
+    pub limits: Limits,
+    /// Cross-origin requests: refused unless origins are configured.
+    pub cors: Option<tower_http::cors::CorsLayer>,
 }
 
 /// Where uploads go and how large they may be.
@@ -84,7 +95,11 @@ impl AppState {
     }
 }
 
+/// Request bodies of the small writes (a product, a balance).
+const SMALL_BODY_LIMIT: usize = 4 * 1024;
+
 pub fn router(state: AppState) -> Router {
+    let small = DefaultBodyLimit::max(SMALL_BODY_LIMIT);
     let v1 = Router::new()
         .route("/checkouts", post(checkouts::create))
         .route("/sagas", get(sagas::list))
@@ -93,11 +108,11 @@ pub fn router(state: AppState) -> Router {
         .route("/orders/{id}", get(resources::get_order))
         .route(
             "/products/{sku}",
-            get(resources::get_product).put(resources::put_product),
+            get(resources::get_product).put(resources::put_product.layer(small)),
         )
         .route(
             "/accounts/{customer_id}",
-            get(resources::get_account).put(resources::put_account),
+            get(resources::get_account).put(resources::put_account.layer(small)),
         )
         .route(
             "/images",
@@ -108,20 +123,28 @@ pub fn router(state: AppState) -> Router {
         .route("/images/{id}/variants/{name}", get(images::variant))
         .route("/notifications", get(notifications::list))
         .route("/notifications/stream", get(notifications::stream));
-    Router::new()
-        .nest("/v1", v1)
+    let ui_data = Router::new()
+        .route("/ui/events", get(ui::events))
+        .route("/ui/queues", get(ui::queues));
+    let guarded = middleware::from_fn_with_state(state.clone(), guard::guard);
+    let router = Router::new()
+        .nest("/v1", v1.route_layer(guarded.clone()))
+        .merge(ui_data.route_layer(guarded))
         .route("/healthz", get(health::live))
         .route("/readyz", get(health::ready))
         .route("/metrics", get(http_metrics::render))
         .route("/openapi.json", get(openapi))
         .route("/ui", get(ui::page))
-        .route("/ui/events", get(ui::events))
-        .route("/ui/queues", get(ui::queues))
         .route_layer(middleware::from_fn(http_metrics::record))
         .fallback(error::not_found)
         .method_not_allowed_fallback(error::method_not_allowed)
-        .layer(DefaultBodyLimit::max(BODY_LIMIT))
-        .with_state(state)
+        .layer(DefaultBodyLimit::max(BODY_LIMIT));
+    let cors = state.cors.clone();
+    let router = router.with_state(state);
+    match cors {
+        Some(cors) => router.layer(cors),
+        None => router,
+    }
 }
 
 async fn openapi() -> impl IntoResponse {

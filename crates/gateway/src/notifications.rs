@@ -11,6 +11,7 @@ use serde::Deserialize;
 use serde_json::{Value, json};
 use tokio::sync::broadcast::error::RecvError;
 
+use crate::auth::Principal;
 use crate::{ApiError, AppState};
 
 #[derive(Debug, Deserialize)]
@@ -22,6 +23,7 @@ pub struct ListParams {
 
 pub async fn list(
     State(state): State<AppState>,
+    principal: Principal,
     Query(params): Query<ListParams>,
 ) -> Result<Json<Value>, ApiError> {
     if params.customer_id.is_empty() || params.customer_id.len() > 128 {
@@ -29,6 +31,7 @@ pub async fn list(
             "customer_id must be 1 to 128 characters".into(),
         ));
     }
+    principal.act_for(&params.customer_id)?;
     let limit = params.limit.unwrap_or(50);
     if !(1..=1000).contains(&limit) {
         return Err(ApiError::Invalid("limit must be 1 to 1000".into()));
@@ -53,11 +56,24 @@ pub struct StreamParams {
 /// Each new notification as it is created, optionally for one customer only.
 pub async fn stream(
     State(state): State<AppState>,
+    principal: Principal,
     Query(params): Query<StreamParams>,
-) -> Sse<impl Stream<Item = Result<Event, Infallible>>> {
+) -> Result<Sse<impl Stream<Item = Result<Event, Infallible>>>, ApiError> {
+    // A customer's stream carries its own notifications only.
+    let customer = match (params.customer_id, principal.only_customer()) {
+        (Some(asked), _) => {
+            principal.act_for(&asked)?;
+            Some(asked)
+        }
+        (None, Some(own)) => {
+            principal.act_for(own)?;
+            Some(own.to_owned())
+        }
+        (None, None) => None,
+    };
     let receiver = state.events.notifications();
     let stream = futures_util::stream::unfold(
-        (receiver, params.customer_id),
+        (receiver, customer),
         |(mut receiver, customer)| async move {
             loop {
                 match receiver.recv().await {
@@ -74,6 +90,6 @@ pub async fn stream(
             }
         },
     );
-    Sse::new(stream.take_until(state.events.stopping()))
-        .keep_alive(KeepAlive::new().interval(Duration::from_secs(15)))
+    Ok(Sse::new(stream.take_until(state.events.stopping()))
+        .keep_alive(KeepAlive::new().interval(Duration::from_secs(15))))
 }

@@ -9,20 +9,22 @@ use serde::Deserialize;
 use serde_json::{Value, json};
 use uuid::Uuid;
 
+use crate::auth::{Principal, Scope};
 use crate::extract::ApiJson;
 use crate::{ApiError, AppState};
 
 pub async fn get_order(
     State(state): State<AppState>,
+    principal: Principal,
     Path(order_id): Path<String>,
 ) -> Result<Json<Value>, ApiError> {
     let order_id = Uuid::parse_str(&order_id)
         .map_err(|_| ApiError::NotFound(format!("no order {order_id}")))?;
-    Ok(Json(
-        state
-            .query("order.queries", "get_order", json!({"order_id": order_id}))
-            .await?,
-    ))
+    let order = state
+        .query("order.queries", "get_order", json!({"order_id": order_id}))
+        .await?;
+    principal.act_for(order["customer_id"].as_str().unwrap_or_default())?;
+    Ok(Json(order))
 }
 
 #[derive(Debug, Deserialize)]
@@ -44,9 +46,11 @@ fn check_key(what: &str, key: &str, max: usize) -> Result<(), ApiError> {
 
 pub async fn put_product(
     State(state): State<AppState>,
+    principal: Principal,
     Path(sku): Path<String>,
     ApiJson(body): ApiJson<ProductBody>,
 ) -> Result<(StatusCode, Json<Value>), ApiError> {
+    principal.require(Scope::Operator)?;
     check_key("sku", &sku, 64)?;
     let mut problems = Vec::new();
     if body.name.trim().is_empty() || body.name.len() > 200 {
@@ -96,9 +100,11 @@ pub struct AccountBody {
 
 pub async fn put_account(
     State(state): State<AppState>,
+    principal: Principal,
     Path(customer_id): Path<String>,
     ApiJson(body): ApiJson<AccountBody>,
 ) -> Result<(StatusCode, Json<Value>), ApiError> {
+    principal.require(Scope::Operator)?;
     check_key("customer_id", &customer_id, 128)?;
     if body.balance_cents < 0 {
         return Err(ApiError::Invalid(
@@ -121,8 +127,10 @@ pub async fn put_account(
 
 pub async fn get_account(
     State(state): State<AppState>,
+    principal: Principal,
     Path(customer_id): Path<String>,
 ) -> Result<Json<Value>, ApiError> {
+    principal.act_for(&customer_id)?;
     Ok(Json(
         state
             .query(

@@ -13,6 +13,7 @@ use serde_json::{Value, json};
 use tokio::sync::broadcast::error::RecvError;
 use uuid::Uuid;
 
+use crate::auth::{Principal, Scope};
 use crate::{ApiError, AppState};
 
 const STATES: [&str; 5] = [
@@ -27,11 +28,29 @@ fn saga_id(text: &str) -> Result<Uuid, ApiError> {
     Uuid::parse_str(text).map_err(|_| ApiError::NotFound(format!("no saga {text}")))
 }
 
+/// Refuses a caller limited to its own sagas when the saga is another customer's.
+async fn check_owner(state: &AppState, principal: &Principal, id: Uuid) -> Result<(), ApiError> {
+    if principal.has(Scope::Customers) || principal.has(Scope::Ui) {
+        return Ok(());
+    }
+    let start = state
+        .query("saga.queries", "get_start", json!({"saga_id": id}))
+        .await?;
+    match start["customer_id"].as_str() {
+        Some(customer) => principal.act_for(customer),
+        None => Err(ApiError::Forbidden(format!(
+            "saga {id} belongs to no customer"
+        ))),
+    }
+}
+
 pub async fn get(
     State(state): State<AppState>,
+    principal: Principal,
     Path(id): Path<String>,
 ) -> Result<Json<Value>, ApiError> {
     let id = saga_id(&id)?;
+    check_owner(&state, &principal, id).await?;
     Ok(Json(
         state
             .query("saga.queries", "get_saga", json!({"saga_id": id}))
@@ -48,8 +67,10 @@ pub struct ListParams {
 
 pub async fn list(
     State(state): State<AppState>,
+    principal: Principal,
     Query(params): Query<ListParams>,
 ) -> Result<Json<Value>, ApiError> {
+    principal.require(Scope::Ui)?;
     if let Some(s) = &params.state
         && !STATES.contains(&s.as_str())
     {
@@ -81,9 +102,11 @@ fn terminal(state: &str) -> bool {
 /// terminal state.
 pub async fn events(
     State(state): State<AppState>,
+    principal: Principal,
     Path(id): Path<String>,
 ) -> Result<Sse<impl Stream<Item = Result<Event, Infallible>>>, ApiError> {
     let id = saga_id(&id)?;
+    check_owner(&state, &principal, id).await?;
     // Subscribe before reading, so no transition falls between the two.
     let receiver = state.events.sagas();
     let current: SagaView = serde_json::from_value(

@@ -21,7 +21,8 @@ use serde::Serialize;
 use tokio::sync::broadcast::error::RecvError;
 use tracing::debug;
 
-use crate::AppState;
+use crate::auth::{Principal, Scope};
+use crate::{ApiError, AppState};
 
 /// Where the page sends people for a closer look at a queue.
 #[derive(Debug, Clone)]
@@ -43,7 +44,9 @@ pub async fn page() -> impl IntoResponse {
 /// missed (a `lagged` event), so the page reloads the list instead of showing stale states.
 pub async fn events(
     State(state): State<AppState>,
-) -> Sse<impl Stream<Item = Result<Event, Infallible>>> {
+    principal: Principal,
+) -> Result<Sse<impl Stream<Item = Result<Event, Infallible>>>, ApiError> {
+    principal.require(Scope::Ui)?;
     let receiver = state.events.sagas();
     let stream = futures_util::stream::unfold(receiver, |mut receiver| async move {
         let event = match receiver.recv().await {
@@ -55,8 +58,8 @@ pub async fn events(
         };
         Some((Ok(event), receiver))
     });
-    Sse::new(stream.take_until(state.events.stopping()))
-        .keep_alive(KeepAlive::new().interval(Duration::from_secs(15)))
+    Ok(Sse::new(stream.take_until(state.events.stopping()))
+        .keep_alive(KeepAlive::new().interval(Duration::from_secs(15))))
 }
 
 #[derive(Debug, Serialize)]
@@ -78,7 +81,11 @@ pub struct QueueView {
     pub parked_url: String,
 }
 
-pub async fn queues(State(state): State<AppState>) -> Json<QueuesView> {
+pub async fn queues(
+    State(state): State<AppState>,
+    principal: Principal,
+) -> Result<Json<QueuesView>, ApiError> {
+    principal.require(Scope::Ui)?;
     let mut counter = Counter {
         state: &state,
         channel: None,
@@ -98,11 +105,11 @@ pub async fn queues(State(state): State<AppState>) -> Json<QueuesView> {
             parked_queue,
         });
     }
-    Json(QueuesView {
+    Ok(Json(QueuesView {
         management_url: state.ui.management_url.clone(),
         vhost: state.ui.vhost.clone(),
         queues,
-    })
+    }))
 }
 
 /// Counts queues on one channel, opening another after a failure: the broker closes a channel

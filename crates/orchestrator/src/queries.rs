@@ -1,4 +1,4 @@
-//! Answers `saga.queries`: `get_saga`, `get_start` (for idempotency checks) and `list_sagas`.
+//! Answers `saga.queries`: `get_saga`, `get_start` (for idempotency and ownership checks) and `list_sagas`.
 
 use bus::rpc::{QueryError, QueryHandler};
 use serde::Deserialize;
@@ -53,16 +53,20 @@ impl QueryHandler for SagaQueries {
             }
             "get_start" => {
                 let ById { saga_id } = params(params_json)?;
-                let row: Option<(String, Option<String>)> = sqlx::query_as(
-                    "SELECT status, request_hash FROM sagas.sagas WHERE saga_id = $1",
+                let row: Option<(String, Option<String>, Option<String>)> = sqlx::query_as(
+                    "SELECT status, request_hash, state->'context'->>'customer_id' \
+                     FROM sagas.sagas WHERE saga_id = $1",
                 )
                 .bind(saga_id)
                 .fetch_optional(&self.pool)
                 .await
                 .map_err(internal)?;
-                let (state, request_hash) =
+                let (state, request_hash, customer_id) =
                     row.ok_or_else(|| QueryError::not_found(format!("no saga {saga_id}")))?;
-                Ok(json!({"saga_id": saga_id, "state": state, "request_hash": request_hash}))
+                Ok(
+                    json!({"saga_id": saga_id, "state": state, "request_hash": request_hash,
+                          "customer_id": customer_id}),
+                )
             }
             "list_sagas" => {
                 let List { state, saga, limit } = params(params_json)?;

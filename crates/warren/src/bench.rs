@@ -58,6 +58,10 @@ pub struct BenchArgs {
     /// The gateway, for `--via http`.
     #[arg(long, default_value = "http://127.0.0.1:8080")]
     gateway: String,
+    /// A gateway token allowed to check out for any customer (`customers` or `operator`
+    /// scope), for `--via http`; `scripts/dev-up.sh` writes one to `.warren/dev-token`.
+    #[arg(long, env = "WARREN_TOKEN", hide_env_values = true)]
+    token: Option<String>,
     /// Messages for the broker floor measurement (0 skips it).
     #[arg(long, default_value_t = 20_000)]
     floor_messages: usize,
@@ -199,7 +203,19 @@ async fn bench(bus: &Bus, pool: &PgPool, args: &BenchArgs, json: bool) -> anyhow
         .lock()
         .unwrap_or_else(PoisonError::into_inner) = Some(progress.clone());
 
-    let client = reqwest::Client::new();
+    let mut headers = reqwest::header::HeaderMap::new();
+    if let Some(token) = &args.token {
+        headers.insert(
+            reqwest::header::AUTHORIZATION,
+            format!("Bearer {token}")
+                .parse()
+                .context("the token is not a valid header value")?,
+        );
+    }
+    let client = reqwest::Client::builder()
+        .default_headers(headers)
+        .build()
+        .context("building the HTTP client")?;
     let started = Instant::now();
     let mut ticks = args.rate.map(|rate| {
         let mut ticks = tokio::time::interval(Duration::from_secs_f64(1.0 / rate));

@@ -8,12 +8,14 @@
 //! - [`topology`]: applying and exporting the broker layout.
 //! - [`saga_cli`]: `warren saga ...`, seeing, replaying and repairing sagas.
 //! - [`dlq`]: `warren dlq ...`, parked messages.
+//! - [`auth_cli`]: `warren auth ...`, gateway tokens and API keys.
 //! - [`bench`]: `warren bench`, saga throughput and latency next to the broker's floor.
 //! - [`chaos`]: `warren chaos ...`, injected faults, poison messages and the invariants check
 //!   ([`verify`]).
 //! - [`broker`]: reaching the broker from operator commands.
 //! - [`output`]: tables, colour and JSON for operators.
 
+mod auth_cli;
 mod bench;
 mod broker;
 mod chaos;
@@ -69,6 +71,9 @@ enum Command {
     /// invariants afterwards.
     #[command(subcommand)]
     Chaos(chaos::ChaosCommand),
+    /// Gateway credentials: sign a token, make an API key.
+    #[command(subcommand)]
+    Auth(auth_cli::AuthCommand),
     /// Measure checkout sagas per second and their latency against the running system.
     Bench(bench::BenchArgs),
 }
@@ -134,6 +139,9 @@ async fn cli_main() -> std::process::ExitCode {
         Command::Dlq(command) => dlq::execute(&cli.settings, command, cli.json).await,
         Command::Chaos(command) => chaos::execute(&cli.settings, command, cli.json).await,
         Command::Bench(args) => bench::execute(&cli.settings, args, cli.json).await,
+        Command::Auth(command) => {
+            auth_cli::execute(&cli.settings, command).map(|()| std::process::ExitCode::SUCCESS)
+        }
     };
     outcome.unwrap_or_else(|error| {
         eprintln!("error: {error:#}");

@@ -362,6 +362,13 @@ impl Components {
                 upload_limit: self.settings.image_upload_limit,
             },
             metrics: Some(self.metrics.clone()),
+            auth: self.settings.auth()?,
+            limits: gateway::Limits::new(
+                self.settings.rate_limit,
+                self.settings.rate_burst,
+                Duration::from_secs(self.settings.request_timeout_secs),
+            ),
+            cors: gateway::guard::cors(&self.settings.cors_origins).map_err(anyhow::Error::msg)?,
             ui: gateway::UiSettings {
                 management_url: self.settings.management_url.clone(),
                 vhost: self.settings.vhost(),

@@ -1,8 +1,10 @@
 //! Settings: every knob has a flag and a `WARREN_` environment variable, checked at start.
 
 use std::net::SocketAddr;
+use std::path::PathBuf;
 use std::time::Duration;
 
+use anyhow::Context;
 use bus::BusSettings;
 use clap::{Args, ValueEnum};
 use store::DbSettings;
@@ -96,6 +98,67 @@ pub struct Settings {
         default_value = "http://127.0.0.1:15672"
     )]
     pub management_url: String,
+    /// The one algorithm gateway tokens are signed with (HS256, RS256, ES256, EdDSA, ...).
+    #[arg(
+        long,
+        global = true,
+        env = "WARREN_JWT_ALGORITHM",
+        default_value = "HS256"
+    )]
+    pub jwt_algorithm: String,
+    /// The gateway's token key: the shared secret for HS*, the public key (PEM) otherwise.
+    #[arg(long, global = true, env = "WARREN_JWT_KEY_FILE")]
+    pub jwt_key_file: Option<PathBuf>,
+    /// The issuer (`iss`) tokens must name.
+    #[arg(
+        long,
+        global = true,
+        env = "WARREN_JWT_ISSUER",
+        default_value = "warren"
+    )]
+    pub jwt_issuer: String,
+    /// The audience (`aud`) tokens must name.
+    #[arg(
+        long,
+        global = true,
+        env = "WARREN_JWT_AUDIENCE",
+        default_value = "warren"
+    )]
+    pub jwt_audience: String,
+    /// Clock skew allowed on a token's expiry, in seconds.
+    #[arg(
+        long,
+        global = true,
+        env = "WARREN_JWT_LEEWAY_SECS",
+        default_value_t = 30
+    )]
+    pub jwt_leeway_secs: u64,
+    /// API keys for machines: a TOML file of `[[key]]` tables (name, sha256, scopes).
+    #[arg(long, global = true, env = "WARREN_API_KEYS_FILE")]
+    pub api_keys_file: Option<PathBuf>,
+    /// Requests per second each client may make to the gateway (a token's subject, an API
+    /// key's name)...
+    #[arg(long, global = true, env = "WARREN_RATE_LIMIT", default_value_t = 50)]
+    pub rate_limit: u32,
+    /// ...and how many it may make at once after a quiet spell.
+    #[arg(long, global = true, env = "WARREN_RATE_BURST", default_value_t = 200)]
+    pub rate_burst: u32,
+    /// How long the gateway lets a request take before answering 503.
+    #[arg(
+        long,
+        global = true,
+        env = "WARREN_REQUEST_TIMEOUT_SECS",
+        default_value_t = 30
+    )]
+    pub request_timeout_secs: u64,
+    /// Origins whose pages may call the gateway (comma-separated); none by default.
+    #[arg(
+        long,
+        global = true,
+        env = "WARREN_CORS_ORIGINS",
+        value_delimiter = ','
+    )]
+    pub cors_origins: Vec<String>,
     /// Log format.
     #[arg(long, global = true, env = "WARREN_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text)]
     pub log_format: LogFormat,
@@ -144,6 +207,44 @@ impl Settings {
 
     pub fn shutdown_grace(&self) -> Duration {
         Duration::from_secs(self.shutdown_grace_secs)
+    }
+
+    /// The gateway's checker of credentials, from the key and API-key files.
+    pub fn auth(&self) -> anyhow::Result<gateway::Auth> {
+        let jwt = match &self.jwt_key_file {
+            None => None,
+            Some(path) => Some(gateway::JwtSettings {
+                algorithm: self.jwt_algorithm()?,
+                key: std::fs::read(path)
+                    .with_context(|| format!("reading the JWT key {}", path.display()))?,
+                issuer: self.jwt_issuer.clone(),
+                audience: self.jwt_audience.clone(),
+                leeway_secs: self.jwt_leeway_secs,
+            }),
+        };
+        let api_keys = match &self.api_keys_file {
+            None => Vec::new(),
+            Some(path) => {
+                #[derive(serde::Deserialize)]
+                #[serde(deny_unknown_fields)]
+                struct KeysFile {
+                    #[serde(default)]
+                    key: Vec<gateway::ApiKey>,
+                }
+                let text = std::fs::read_to_string(path)
+                    .with_context(|| format!("reading the API keys {}", path.display()))?;
+                toml::from_str::<KeysFile>(&text)
+                    .with_context(|| format!("the API keys file {}", path.display()))?
+                    .key
+            }
+        };
+        gateway::Auth::new(jwt, api_keys).map_err(anyhow::Error::msg)
+    }
+
+    pub fn jwt_algorithm(&self) -> anyhow::Result<jsonwebtoken::Algorithm> {
+        self.jwt_algorithm
+            .parse()
+            .map_err(|_| anyhow::anyhow!("unknown JWT algorithm {:?}", self.jwt_algorithm))
     }
 }
 

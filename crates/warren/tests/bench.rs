@@ -27,6 +27,8 @@ async fn the_bench_runs_every_checkout_through_the_gateway_and_reports_figures()
             "http",
             "--gateway",
             &system.base,
+            "--token",
+            &system.token,
             "--floor-messages",
             "500",
         ])

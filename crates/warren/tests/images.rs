@@ -96,8 +96,9 @@ async fn raw_upload(system: &System, size: usize, declare_length: bool) -> (u16,
         "transfer-encoding: chunked".to_owned()
     };
     let request = format!(
-        "POST /v1/images HTTP/1.1\r\nhost: {address}\r\n\
-         content-type: multipart/form-data; boundary={boundary}\r\n{framing}\r\nconnection: close\r\n\r\n"
+        "POST /v1/images HTTP/1.1\r\nhost: {address}\r\nauthorization: Bearer {}\r\n\
+         content-type: multipart/form-data; boundary={boundary}\r\n{framing}\r\nconnection: close\r\n\r\n",
+        system.token
     );
     let writing = tokio::spawn(async move {
         let mut body = head.into_bytes();

@@ -195,7 +195,10 @@ async fn the_saga_page_follows_checkouts_live() {
     let driver = Driver::start().await;
     let browser = driver.browser().await;
     let started = Instant::now();
-    browser.goto(&format!("{}/ui", system.base)).await.unwrap();
+    browser
+        .goto(&format!("{}/ui#token={}", system.base, system.token))
+        .await
+        .unwrap();
     // Live: the stream is open and the first list is in, so no transition can be missed.
     shown(&browser, r#"body[data-live="true"]"#).await;
 

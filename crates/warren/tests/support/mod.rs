@@ -35,11 +35,28 @@ pub struct System {
     metrics_ports: Vec<u16>,
     log_files: Vec<PathBuf>,
     logs: PathBuf,
+    /// The gateway's token secret (HS256).
+    pub jwt_key: PathBuf,
+    /// An operator token (scopes operator and ui), sent by `client` on every request.
+    pub token: String,
 }
 
 fn admin_url() -> String {
     std::env::var("DATABASE_URL")
         .unwrap_or_else(|_| "postgres://postgres:postgres@127.0.0.1:5432/warren".into())
+}
+
+/// A gateway token signed with `key` (`warren auth token`).
+pub async fn mint(key: &std::path::Path, subject: &str, scope: &str) -> String {
+    let ran = Ran::of(
+        Command::new(env!("CARGO_BIN_EXE_warren"))
+            .args(["auth", "token", "--subject", subject, "--scope", scope])
+            .args(["--ttl", "2h"])
+            .env("WARREN_JWT_KEY_FILE", key),
+    )
+    .await;
+    assert_eq!(ran.code, 0, "{ran:?}");
+    ran.stdout.trim().to_owned()
 }
 
 pub fn free_port() -> u16 {
@@ -77,6 +94,18 @@ impl System {
         let port = free_port();
         let logs = std::env::temp_dir().join(format!("warren-{vhost}"));
         std::fs::create_dir_all(&logs).unwrap();
+        let jwt_key = logs.join("jwt-secret");
+        std::fs::write(&jwt_key, format!("test-secret-{}", Uuid::now_v7())).unwrap();
+        let token = mint(&jwt_key, "test-operator", "operator ui").await;
+        let mut headers = reqwest::header::HeaderMap::new();
+        headers.insert(
+            reqwest::header::AUTHORIZATION,
+            format!("Bearer {token}").parse().unwrap(),
+        );
+        let client = reqwest::Client::builder()
+            .default_headers(headers)
+            .build()
+            .unwrap();
         Self {
             vhost,
             database,
@@ -84,7 +113,7 @@ impl System {
             pool,
             base: format!("http://127.0.0.1:{port}"),
             port,
-            client: reqwest::Client::new(),
+            client,
             sagas_dir: None,
             db_pool: 8,
             allow_chaos: false,
@@ -93,6 +122,8 @@ impl System {
             metrics_ports: Vec::new(),
             log_files: Vec::new(),
             logs,
+            jwt_key,
+            token,
         }
     }
 
@@ -122,6 +153,10 @@ impl System {
             .env("WARREN_CONNECT_TIMEOUT_SECS", "30")
             .env("WARREN_IMAGE_STORE", self.logs.join("images"))
             .env("WARREN_IMAGE_UPLOAD_LIMIT", "1048576")
+            .env("WARREN_JWT_KEY_FILE", &self.jwt_key)
+            // Tests hammer one gateway as one client; the limit has a test of its own.
+            .env("WARREN_RATE_LIMIT", "100000")
+            .env("WARREN_RATE_BURST", "100000")
             .env(
                 "RUST_LOG",
                 std::env::var("TEST_LOG").unwrap_or_else(|_| "info".into()),
