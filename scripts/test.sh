@@ -36,6 +36,11 @@ else
   cargo test --workspace --locked --no-fail-fast
 fi
 
+# The HTTP contract against hostile input: schemathesis on /openapi.json of a running gateway,
+# for a bounded time; any server error or answer off the document fails CI.
+log "schemathesis"
+"$ROOT/scripts/api-check.sh" "${API_CHECK_SECONDS:-60}"
+
 # The chaos tests restart PostgreSQL and RabbitMQ, so they run alone, after everything else,
 # one at a time, and print their figures.
 log "chaos tests"

@@ -8,7 +8,7 @@
 use axum::Json;
 use axum::body::Body;
 use axum::extract::multipart::{Field, MultipartError};
-use axum::extract::{Multipart, Path, State};
+use axum::extract::{Path, State};
 use axum::http::{HeaderMap, HeaderName, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use contracts::Envelope;
@@ -19,6 +19,7 @@ use tracing::{Instrument, info, info_span};
 use uuid::Uuid;
 
 use crate::auth::{Principal, Scope};
+use crate::extract::ApiMultipart;
 use crate::trace::Trace;
 use crate::{ApiError, AppState};
 
@@ -52,7 +53,7 @@ pub async fn upload(
     principal: Principal,
     trace: Trace,
     headers: HeaderMap,
-    mut multipart: Multipart,
+    ApiMultipart(mut multipart): ApiMultipart,
 ) -> Result<(StatusCode, [(HeaderName, HeaderValue); 1], Json<Value>), ApiError> {
     let limit = state.images.upload_limit;
     let declared = headers

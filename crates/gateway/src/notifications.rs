@@ -4,7 +4,7 @@ use std::convert::Infallible;
 use std::time::Duration;
 
 use axum::Json;
-use axum::extract::{Query, State};
+use axum::extract::State;
 use axum::response::sse::{Event, KeepAlive, Sse};
 use futures_util::{Stream, StreamExt};
 use serde::Deserialize;
@@ -12,6 +12,7 @@ use serde_json::{Value, json};
 use tokio::sync::broadcast::error::RecvError;
 
 use crate::auth::Principal;
+use crate::extract::ApiQuery;
 use crate::{ApiError, AppState};
 
 #[derive(Debug, Deserialize)]
@@ -24,7 +25,7 @@ pub struct ListParams {
 pub async fn list(
     State(state): State<AppState>,
     principal: Principal,
-    Query(params): Query<ListParams>,
+    ApiQuery(params): ApiQuery<ListParams>,
 ) -> Result<Json<Value>, ApiError> {
     if params.customer_id.is_empty() || params.customer_id.len() > 128 {
         return Err(ApiError::Invalid(
@@ -57,7 +58,7 @@ pub struct StreamParams {
 pub async fn stream(
     State(state): State<AppState>,
     principal: Principal,
-    Query(params): Query<StreamParams>,
+    ApiQuery(params): ApiQuery<StreamParams>,
 ) -> Result<Sse<impl Stream<Item = Result<Event, Infallible>>>, ApiError> {
     // A customer's stream carries its own notifications only.
     let customer = match (params.customer_id, principal.only_customer()) {

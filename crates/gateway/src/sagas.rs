@@ -4,7 +4,7 @@ use std::convert::Infallible;
 use std::time::Duration;
 
 use axum::Json;
-use axum::extract::{Path, Query, State};
+use axum::extract::{Path, State};
 use axum::response::sse::{Event, KeepAlive, Sse};
 use contracts::messages::SagaView;
 use futures_util::{Stream, StreamExt};
@@ -14,6 +14,7 @@ use tokio::sync::broadcast::error::RecvError;
 use uuid::Uuid;
 
 use crate::auth::{Principal, Scope};
+use crate::extract::ApiQuery;
 use crate::{ApiError, AppState};
 
 const STATES: [&str; 5] = [
@@ -68,7 +69,7 @@ pub struct ListParams {
 pub async fn list(
     State(state): State<AppState>,
     principal: Principal,
-    Query(params): Query<ListParams>,
+    ApiQuery(params): ApiQuery<ListParams>,
 ) -> Result<Json<Value>, ApiError> {
     principal.require(Scope::Ui)?;
     if let Some(s) = &params.state
