@@ -499,7 +499,10 @@ async fn invalid_requests_get_json_errors_and_publish_nothing() {
         (404, Some("not_found"))
     );
     // A query string that does not parse (schemathesis found these answered in plain text).
-    for path in ["/v1/sagas?limit=-1", "/v1/notifications?customer_id=c-1&limit=false"] {
+    for path in [
+        "/v1/sagas?limit=-1",
+        "/v1/notifications?customer_id=c-1&limit=false",
+    ] {
         let (status, body) = system.get(path).await;
         assert_eq!(
             (status.as_u16(), body["error"]["code"].as_str()),
