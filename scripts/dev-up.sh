@@ -36,7 +36,7 @@ if ! wait_for 90 ready; then
 fi
 
 # A development operator token, readable by this user only; printed below.
-(umask 077; "$BIN" auth token --subject dev-operator --scope "operator ui" --ttl 30d \
+(umask 077; "$BIN" auth token --subject dev-operator --scope "operator ui" --ttl 720h \
   >"$STATE/dev-token")
 TOKEN=$(cat "$STATE/dev-token")
 

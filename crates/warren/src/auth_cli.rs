@@ -25,7 +25,7 @@ pub enum AuthCommand {
         /// What it may do: customer, customers, operator, ui (space- or comma-separated).
         #[arg(long, default_value = "customer")]
         scope: String,
-        /// How long it is valid (`30s`, `15m`, `12h`, `30d`).
+        /// How long it is valid (`30s`, `15m`, `12h`, `720h`).
         #[arg(long, default_value = "1h", value_parser = saga::duration::parse)]
         ttl: Duration,
         /// The private key (PEM) for RS*, PS*, ES* and EdDSA; HS* signs with the secret of
