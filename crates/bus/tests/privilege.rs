@@ -109,7 +109,10 @@ fn create_order() -> Envelope {
         &OrderCreate {
             order_id: Uuid::now_v7(),
             customer_id: "c-1".into(),
-            items: Vec::new(),
+            items: vec![contracts::messages::LineItem {
+                sku: "SKU-1".into(),
+                quantity: 1,
+            }],
         },
     )
 }
@@ -333,6 +336,91 @@ async fn a_worker_cannot_declare_purge_or_read_another_services_queue() {
         .await
         .unwrap();
     operator.close().await;
+    broker.drop().await;
+}
+
+#[tokio::test]
+async fn a_command_put_straight_into_another_services_queue_is_parked_unhandled() {
+    let broker = Broker::with(&[Role::Payment, Role::Order, Role::Operator]).await;
+    let operator_user = broker.user(Role::Operator).name.clone();
+    // The order service's consumer, as `warren run order` runs it: it fails each message once,
+    // so its own retries come back straight into the queue too.
+    let order = broker.bus(Role::Order).await;
+    let handled = testkit::Collector::new(|_, seen| {
+        if seen == 0 {
+            Err(bus::HandlerError::Transient("once".into()))
+        } else {
+            Ok(())
+        }
+    });
+    let spec = bus::ConsumerSpec::new(
+        Topology::standard()
+            .consumer("order.commands")
+            .unwrap()
+            .clone(),
+        "order",
+    )
+    .with_trusted([operator_user.clone()]);
+    let stop = CancellationToken::new();
+    let consumer = tokio::spawn({
+        let (order, handled, stop) = (order.clone(), Arc::clone(&handled), stop.clone());
+        async move {
+            bus::consumer::run(&order, spec, contracts::Schemas::embedded(), handled, stop).await
+        }
+    });
+
+    // The default exchange routes by queue name and has no topic permissions: the broker lets
+    // the payment worker put an order command into order.commands, named or not...
+    let payment = broker.bus(Role::Payment).await;
+    let publisher = payment.publisher().await.unwrap();
+    let anonymous = create_order();
+    publisher
+        .send(&Outgoing::to("", "order.commands", &anonymous))
+        .await
+        .unwrap();
+    let mut signed = Outgoing::to("", "order.commands", &create_order());
+    signed.properties = signed
+        .properties
+        .with_user_id(broker.user(Role::Payment).name.as_str().into());
+    publisher.send(&signed).await.unwrap();
+    // ... but the consumer parks both unhandled, saying why.
+    let admin = testkit::admin_bus(&broker.vhost, "test-admin").await;
+    for _ in 0..2 {
+        let parked =
+            testkit::next_delivery(&admin, "order.commands.dead", Duration::from_secs(10)).await;
+        let headers = parked.properties.headers().clone().unwrap();
+        let reason = bus::amqp::header_text(&headers, routing::HEADER_PARKED_REASON).unwrap();
+        assert!(reason.starts_with("untrusted sender"), "{reason}");
+    }
+    assert_eq!(handled.count(), 0);
+
+    // The operator's redrive is taken, and so is the consumer's own retry of it.
+    let operator = broker.bus(Role::Operator).await;
+    let mut redriven = Outgoing::to("", "order.commands", &create_order());
+    redriven.properties = redriven
+        .properties
+        .with_user_id(operator_user.as_str().into());
+    operator
+        .publisher()
+        .await
+        .unwrap()
+        .send(&redriven)
+        .await
+        .unwrap();
+    testkit::until(
+        &handled.changed,
+        Duration::from_secs(20),
+        "the redrive and its retry",
+        || handled.count() == 2,
+    )
+    .await;
+    assert_eq!(ready_messages(&admin, "order.commands.dead").await, 0);
+
+    stop.cancel();
+    consumer.await.unwrap().unwrap();
+    for bus in [order, payment, operator, admin] {
+        bus.close().await;
+    }
     broker.drop().await;
 }
 

@@ -185,7 +185,8 @@ impl Components {
             .clone();
         let mut spec = ConsumerSpec::new(queue, component)
             .with_prefetch(prefetch)
-            .with_faults(self.faults.clone());
+            .with_faults(self.faults.clone())
+            .with_trusted([self.settings.operator_user.clone()]);
         spec.shutdown_grace = self.settings.shutdown_grace();
         let bus = self.bus.clone();
         let token = self.shutdown.clone();
