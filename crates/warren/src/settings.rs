@@ -180,7 +180,7 @@ impl Settings {
 }
 
 /// A secret file's content, without its final line break.
-fn read_secret(file: &Path) -> anyhow::Result<String> {
+pub fn read_secret(file: &Path) -> anyhow::Result<String> {
     let text = std::fs::read_to_string(file)
         .with_context(|| format!("reading the password file {}", file.display()))?;
     let secret = text.strip_suffix('\n').unwrap_or(&text);

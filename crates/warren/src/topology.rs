@@ -1,6 +1,6 @@
 //! `warren topology apply|export`.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 use anyhow::Context;
 use bus::{Access, Bus, Topology};
@@ -22,6 +22,21 @@ pub enum TopologyCommand {
         /// A definitions file whose other sections (vhosts, policies, ...) are kept.
         #[arg(long)]
         into: Option<PathBuf>,
+    },
+    /// Write a definitions file in which each user has the password of its file in a folder
+    /// (named after the user), for a broker that loads its definitions at boot (the containers
+    /// of docker-compose.yml). Only salted hashes reach the output; a user without a file keeps
+    /// no password, so nobody can log in as it.
+    Render {
+        /// The definitions to start from (users without passwords).
+        #[arg(long, default_value = "rabbitmq/definitions.json")]
+        from: PathBuf,
+        /// The folder of password files, one per user, named after it.
+        #[arg(long)]
+        passwords: PathBuf,
+        /// Where to write the result.
+        #[arg(long)]
+        out: PathBuf,
     },
 }
 
@@ -90,8 +105,68 @@ pub async fn execute(settings: &Settings, command: TopologyCommand) -> anyhow::R
                 path.display()
             );
         }
+        TopologyCommand::Render {
+            from,
+            passwords,
+            out,
+        } => render(&from, &passwords, &out)?,
     }
     Ok(())
+}
+
+/// `warren topology render`.
+fn render(from: &Path, passwords: &Path, out: &Path) -> anyhow::Result<()> {
+    let text =
+        std::fs::read_to_string(from).with_context(|| format!("reading {}", from.display()))?;
+    let mut file: Value =
+        serde_json::from_str(&text).with_context(|| format!("{} is not JSON", from.display()))?;
+    let users = file["users"]
+        .as_array_mut()
+        .with_context(|| format!("{} has no users", from.display()))?;
+    let mut given = Vec::new();
+    for user in users {
+        let Some(name) = user["name"].as_str().map(str::to_owned) else {
+            continue;
+        };
+        let secret = passwords.join(&name);
+        if !secret.exists() {
+            continue;
+        }
+        let password = crate::settings::read_secret(&secret)?;
+        user["password_hash"] = Value::from(password_hash(&password, fastrand::u32(..)));
+        user["hashing_algorithm"] = Value::from(HASHING_ALGORITHM);
+        given.push(name);
+    }
+    std::fs::write(out, serde_json::to_string_pretty(&file)? + "\n")
+        .with_context(|| format!("writing {}", out.display()))?;
+    println!(
+        "wrote {} with passwords for {}",
+        out.display(),
+        if given.is_empty() {
+            "no user".to_owned()
+        } else {
+            given.join(", ")
+        }
+    );
+    Ok(())
+}
+
+/// RabbitMQ's `rabbit_password_hashing_sha256`.
+const HASHING_ALGORITHM: &str = "rabbit_password_hashing_sha256";
+
+/// A password as RabbitMQ stores it: base64 of a 4-byte salt followed by SHA-256 of the salt
+/// and the password's UTF-8 bytes.
+fn password_hash(password: &str, salt: u32) -> String {
+    use base64::Engine;
+    use sha2::{Digest, Sha256};
+    let salt = salt.to_be_bytes();
+    let digest = Sha256::new()
+        .chain_update(salt)
+        .chain_update(password.as_bytes())
+        .finalize();
+    let mut salted = salt.to_vec();
+    salted.extend_from_slice(&digest);
+    base64::engine::general_purpose::STANDARD.encode(salted)
 }
 
 #[cfg(test)]
@@ -123,6 +198,16 @@ mod tests {
                 .iter()
                 .all(|u| u["password_hash"] == "")
         );
+    }
+
+    #[test]
+    fn password_hashes_are_salted_sha256_as_rabbitmq_keeps_them() {
+        // `guest` as a fresh RabbitMQ 3.10 node stores it (salt 0x908dc60a).
+        assert_eq!(
+            password_hash("guest", 0x908d_c60a),
+            "kI3GCrswBLNZQzHJJ95QLoyfAVooYhnvf7jbqiW9BjOYUloe"
+        );
+        assert_ne!(password_hash("guest", 1), password_hash("guest", 2));
     }
 
     #[test]

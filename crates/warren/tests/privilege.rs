@@ -314,3 +314,68 @@ async fn every_component_does_its_work_as_its_own_user_and_role() {
     .await;
     users.delete().await;
 }
+
+#[tokio::test]
+async fn rendered_definitions_let_each_user_in_with_the_password_of_its_file() {
+    let vhost = testkit::create_vhost().await;
+    let prefix = testkit::unique();
+    let dir = std::env::temp_dir().join(format!("warren-render-{prefix}"));
+    std::fs::create_dir_all(dir.join("passwords")).unwrap();
+    let (with, without) = (format!("{prefix}-with"), format!("{prefix}-without"));
+    let user = |name: &str| {
+        serde_json::json!({"name": name, "password_hash": "", "tags": [],
+            "hashing_algorithm": "rabbit_password_hashing_sha256", "limits": {}})
+    };
+    let permissions = |name: &str| serde_json::json!({"user": name, "vhost": vhost, "configure": "", "write": "", "read": ""});
+    let definitions = serde_json::json!({
+        "users": [user(&with), user(&without)],
+        "permissions": [permissions(&with), permissions(&without)],
+    });
+    std::fs::write(dir.join("from.json"), definitions.to_string()).unwrap();
+    std::fs::write(dir.join("passwords").join(&with), "s3cret-Ø\n").unwrap();
+    let rendered = Ran::of(
+        Command::new(env!("CARGO_BIN_EXE_warren"))
+            .args(["topology", "render", "--from"])
+            .arg(dir.join("from.json"))
+            .arg("--passwords")
+            .arg(dir.join("passwords"))
+            .arg("--out")
+            .arg(dir.join("out.json")),
+    )
+    .await;
+    assert_eq!(rendered.code, 0, "{rendered:?}");
+    let out = std::fs::read_to_string(dir.join("out.json")).unwrap();
+    assert!(!out.contains("s3cret"), "{out}");
+    reqwest::Client::new()
+        .post(format!("{}/api/definitions", testkit::management_url()))
+        .basic_auth("guest", Some("guest"))
+        .header("content-type", "application/json")
+        .body(out)
+        .send()
+        .await
+        .unwrap()
+        .error_for_status()
+        .unwrap();
+
+    let login = |name: &str, password: &str| {
+        let mut url = reqwest::Url::parse(&testkit::amqp_url_for(&vhost)).unwrap();
+        url.set_username(name).unwrap();
+        url.set_password(Some(password)).unwrap();
+        let settings = bus::BusSettings {
+            url: url.into(),
+            connection_name: "render-test".into(),
+            connect_timeout: std::time::Duration::from_secs(5),
+        };
+        async move { bus::Bus::connect(&settings).await }
+    };
+    let bus = login(&with, "s3cret-Ø").await.unwrap();
+    bus.close().await;
+    assert!(login(&with, "guessed").await.is_err());
+    assert!(login(&without, "").await.is_err());
+
+    for name in [&with, &without] {
+        testkit::delete_user(name).await;
+    }
+    testkit::delete_vhost(&vhost).await;
+    let _ = std::fs::remove_dir_all(&dir);
+}
