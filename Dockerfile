@@ -38,7 +38,9 @@ RUN apt-get update \
  && apt-get install -y --no-install-recommends ca-certificates curl \
  && rm -rf /var/lib/apt/lists/*
 COPY --from=build /usr/local/bin/warren /usr/local/bin/warren
-RUN mkdir -p /var/lib/warren/images && chown -R 10001 /var/lib/warren
+# images: the image store; broker: where `warren topology render` writes the broker's
+# definitions in docker-compose.yml (a volume there, which starts with this ownership).
+RUN mkdir -p /var/lib/warren/images /var/lib/warren/broker && chown -R 10001 /var/lib/warren
 WORKDIR /var/lib/warren
 USER 10001
 ENV WARREN_HTTP_ADDR=0.0.0.0:8080 \

@@ -10,6 +10,10 @@ source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
 cd "$ROOT"
 
 "$ROOT/scripts/dev-up.sh" >&2
+# The broker as the operator; the database as its owner (`--history` writes into every schema).
+while IFS= read -r setting; do
+  case $setting in WARREN_AMQP_*) export "$setting" ;; esac
+done < <(credentials operator)
 export WARREN_DATABASE_URL="${WARREN_DATABASE_URL:-postgres://postgres:postgres@$PG_HOST:$PG_PORT/$WARREN_DB}"
 checkouts=${BENCH_CHECKOUTS:-20000}
 concurrency=${BENCH_CONCURRENCY:-256}

@@ -14,10 +14,14 @@ ensure_rabbitmq
 log "building warren (release)"
 cargo build --release --locked -p warren
 BIN="$WARREN_BIN"
-export WARREN_DATABASE_URL="${WARREN_DATABASE_URL:-postgres://postgres:postgres@$PG_HOST:$PG_PORT/$WARREN_DB}"
 export WARREN_HTTP_ADDR="${WARREN_HTTP_ADDR:-127.0.0.1:8080}"
-"$BIN" migrate
-"$BIN" topology apply
+# The operator's part, before any component starts: the migrations as the database's owner
+# (they create a role per service), a password for each role, then the broker topology as the
+# operator's user. Each component then runs as its own broker user and database role.
+WARREN_DATABASE_URL="${WARREN_DATABASE_URL:-postgres://postgres:postgres@$PG_HOST:$PG_PORT/$WARREN_DB}" \
+  "$BIN" migrate
+ensure_db_roles
+as_operator "$BIN" topology apply
 
 ready() { curl -sf "http://$WARREN_HTTP_ADDR/readyz"; }
 if [ -f "$STATE/warren.pid" ] || component_running gateway; then
@@ -53,7 +57,8 @@ Warren is up.
   Operator token   $STATE/dev-token (development only; scopes operator and ui, 30 days):
                    TOKEN=\$(cat .warren/dev-token); curl -H "authorization: Bearer \$TOKEN" ...
                    $TOKEN
-  RabbitMQ UI      $MANAGEMENT_URL  (guest / guest; vhost "warren")
+  RabbitMQ UI      $MANAGEMENT_URL  (warren-operator, password in .warren/secrets/rabbitmq/warren-operator; vhost "warren")
+  Operator CLI     scripts/operator.sh <warren command>  (e.g. dlq list: as the operator's broker user and database role)
   Audit queue      $MANAGEMENT_URL/#/queues/warren/warren.audit
   Metrics          each process (also /healthz and /readyz):$metrics_urls
   RabbitMQ metrics $RABBITMQ_PROMETHEUS_URL/metrics

@@ -11,7 +11,7 @@ PG_PORT=5432
 # The password only matters where PostgreSQL asks for one (a fresh Debian install); under
 # trust authentication it is ignored.
 PG_ADMIN_URL="postgres://postgres:postgres@$PG_HOST:$PG_PORT/postgres"
-WARREN_DB=warren
+WARREN_DB="${WARREN_DB:-warren}"
 MANAGEMENT_URL=http://127.0.0.1:15672
 # RabbitMQ's own Prometheus endpoint (plugin rabbitmq_prometheus): /metrics for node totals,
 # /metrics/detailed?vhost=warren&family=queue_coarse_metrics for each queue's depth.
@@ -110,10 +110,122 @@ ensure_rabbitmq() {
   # Metrics are for watching, not for Warren to work: a broker without them only gets a warning.
   wait_for 30 curl -sf --max-time 10 -o /dev/null "$RABBITMQ_PROMETHEUS_URL/metrics" \
     || log "warning: RabbitMQ's Prometheus endpoint does not answer on $RABBITMQ_PROMETHEUS_URL/metrics"
-  # Vhost, users, exchanges, queues and bindings; importing is idempotent.
+  # Vhost, users and their permissions, exchanges, queues and bindings; importing is
+  # idempotent, but leaves the users without a password: ensure_broker_users gives them theirs.
   curl -sf -u guest:guest -H 'content-type: application/json' -X POST \
     --data-binary @"$ROOT/rabbitmq/definitions.json" "$MANAGEMENT_URL/api/definitions" >/dev/null \
     || die "importing rabbitmq/definitions.json failed"
+  ensure_broker_users
+}
+
+# Credentials. Every broker user of rabbitmq/definitions.json (one per component, and the
+# operator's) and every database role of migrations/20261201000010_roles.sql gets a password of
+# its own, generated on first use into .warren/secrets/rabbitmq/<user> and
+# .warren/secrets/postgres/<role> (mode 600; .warren is git-ignored). Components read theirs
+# from the file (WARREN_AMQP_PASSWORD_FILE, WARREN_DATABASE_PASSWORD_FILE), so no password is
+# ever in an environment or on a command line. The same files are docker-compose.yml's secrets.
+SECRETS="$STATE/secrets"
+BROKER_USERS=(warren-gateway warren-orchestrator warren-order warren-inventory warren-payment
+              warren-image warren-notification warren-operator)
+DB_ROLES=(warren_gateway warren_sagas warren_orders warren_inventory warren_payments
+          warren_images warren_notifications warren_operator)
+
+# Prints the path of the secret $2 of kind $1 (rabbitmq, postgres), generating it first if need be.
+secret() {
+  local file="$SECRETS/$1/$2"
+  if [ ! -s "$file" ]; then
+    (
+      umask 077
+      mkdir -p "$SECRETS/$1"
+      head -c 48 /dev/urandom | base64 | tr -d '/+=\n' | cut -c1-40 >"$file.new"
+      mv "$file.new" "$file"
+    )
+  fi
+  chmod 600 "$file"
+  echo "$file"
+}
+
+# Every secret docker-compose.yml names, the compose PostgreSQL's superuser's included, and
+# their copies in .warren/compose-secrets/: compose bind-mounts a secret file with its host mode
+# and owner, which the components (not root in their containers) could not read at mode 600.
+# The copies are readable by all, in a directory only its owner may enter (700).
+ensure_secrets() {
+  local name kind
+  for name in "${BROKER_USERS[@]}"; do secret rabbitmq "$name" >/dev/null; done
+  for name in "${DB_ROLES[@]}" postgres; do secret postgres "$name" >/dev/null; done
+  (umask 077 && mkdir -p "$STATE/compose-secrets")
+  chmod 700 "$STATE/compose-secrets"
+  for kind in rabbitmq postgres; do
+    mkdir -p "$STATE/compose-secrets/$kind"
+    for name in "$SECRETS/$kind"/*; do
+      install -m 644 "$name" "$STATE/compose-secrets/$kind/$(basename "$name")"
+    done
+  done
+}
+
+# Gives each broker user the password of its file (the operator keeps the management tag of the
+# definitions, to log into the management UI), and takes guest's permissions on the warren vhost
+# away: guest is for tests, in vhosts of their own.
+ensure_broker_users() {
+  local user tags
+  for user in "${BROKER_USERS[@]}"; do
+    tags=""
+    [ "$user" != warren-operator ] || tags=management
+    # Through standard input: the password is on no command line (printf is a shell builtin).
+    printf '{"password": "%s", "tags": "%s"}' "$(cat "$(secret rabbitmq "$user")")" "$tags" \
+      | curl -sf -u guest:guest -H 'content-type: application/json' -X PUT --data-binary @- \
+          "$MANAGEMENT_URL/api/users/$user" >/dev/null \
+      || die "cannot set the password of the broker user $user"
+  done
+  curl -s -o /dev/null -u guest:guest -X DELETE "$MANAGEMENT_URL/api/permissions/warren/guest" || true
+}
+
+# Each database role (created by the migration; here too, should this run first) may log in with
+# the password of its file. Roles belong to the whole cluster.
+ensure_db_roles() {
+  local role password
+  for role in "${DB_ROLES[@]}"; do
+    password=$(cat "$(secret postgres "$role")")
+    password=${password//\'/\'\'}   # as an SQL string
+    # Through standard input, not psql's command line.
+    psql "$PG_ADMIN_URL" -q -v ON_ERROR_STOP=1 >/dev/null <<SQL || die "cannot set up the database role $role"
+DO \$\$ BEGIN CREATE ROLE $role; EXCEPTION WHEN duplicate_object THEN NULL; END \$\$;
+ALTER ROLE $role LOGIN PASSWORD '$password';
+SQL
+  done
+}
+
+# The database role of a component (or of the operator).
+db_role() {
+  case $1 in
+    gateway) echo warren_gateway ;;
+    orchestrator) echo warren_sagas ;;
+    order) echo warren_orders ;;
+    inventory) echo warren_inventory ;;
+    payment) echo warren_payments ;;
+    image) echo warren_images ;;
+    notification) echo warren_notifications ;;
+    operator) echo warren_operator ;;
+    *) die "no database role for $1" ;;
+  esac
+}
+
+# The settings that log component $1 (or the operator) into the broker as its user and into the
+# database as its role, one NAME=value per line, for `env`. Only file names: no password.
+credentials() {
+  local role
+  role=$(db_role "$1")
+  echo "WARREN_AMQP_URL=amqp://warren-$1@127.0.0.1:5672/warren"
+  echo "WARREN_AMQP_PASSWORD_FILE=$(secret rabbitmq "warren-$1")"
+  echo "WARREN_DATABASE_URL=postgres://$role@$PG_HOST:$PG_PORT/$WARREN_DB"
+  echo "WARREN_DATABASE_PASSWORD_FILE=$(secret postgres "$role")"
+}
+
+# Runs a command (the warren CLI) as the operator: `as_operator "$WARREN_BIN" dlq list`.
+as_operator() {
+  local settings
+  mapfile -t settings < <(credentials operator)
+  env "${settings[@]}" "$@"
 }
 
 # docker-compose (v1.29, Debian's package) checks docker-compose.yml with `docker-compose config
@@ -176,9 +288,6 @@ metrics_addr() {
   esac
 }
 
-# Starts one component in the background (logs in .warren/logs/<component>.log), with its
-# metrics address. The development stack accepts injected faults, so scripts/chaos/ can
-# rehearse failures.
 # Development mode only: the gateway's token secret, made once and kept in .warren/secrets
 # (git-ignored, readable by this user only). Outside development no default credential exists:
 # a gateway without WARREN_JWT_KEY_FILE or WARREN_API_KEYS_FILE refuses to start.
@@ -198,6 +307,9 @@ dev_token() {
   cat "$STATE/dev-token"
 }
 
+# Starts one component in the background (logs in .warren/logs/<component>.log), with its
+# metrics address, as its own broker user and database role. The development stack accepts
+# injected faults (from the operator), so scripts/chaos/ can rehearse failures.
 start_component() {
   local component=$1 metrics
   component_running "$component" && return 0
@@ -209,7 +321,9 @@ start_component() {
   else
     metrics=("WARREN_METRICS_ADDR=$(metrics_addr "$component")")
   fi
-  WARREN_ALLOW_CHAOS=true nohup env "${metrics[@]}" "$WARREN_BIN" run "$component" \
+  local settings
+  mapfile -t settings < <(credentials "$component")
+  WARREN_ALLOW_CHAOS=true nohup env "${metrics[@]}" "${settings[@]}" "$WARREN_BIN" run "$component" \
     >>"$STATE/logs/$component.log" 2>&1 &
   echo $! >"$(pidfile "$component")"
 }

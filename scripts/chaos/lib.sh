@@ -6,8 +6,12 @@
 source "$(dirname "${BASH_SOURCE[0]}")/../lib.sh"
 cd "$ROOT"
 
-export WARREN_DATABASE_URL="${WARREN_DATABASE_URL:-postgres://postgres:postgres@$PG_HOST:$PG_PORT/$WARREN_DB}"
-export WARREN_AMQP_URL="${WARREN_AMQP_URL:-amqp://guest:guest@127.0.0.1:5672/warren}"
+# The rehearsals' `warren` commands run as the operator, whose chaos controls alone the
+# components take (its broker user, its database role: `chaos verify` reads every schema).
+if [ -z "${WARREN_AMQP_URL:-}${WARREN_DATABASE_URL:-}" ]; then
+  mapfile -t operator < <(credentials operator)
+  export "${operator[@]}"
+fi
 export WARREN_HTTP_ADDR="${WARREN_HTTP_ADDR:-127.0.0.1:8080}"
 GATEWAY="http://$WARREN_HTTP_ADDR"
 # The development operator token: every request below carries it (checkout runs in subshells).

@@ -333,11 +333,18 @@ pub struct ProcessFaults {
 #[derive(Debug, Clone)]
 pub struct Identity {
     pub components: Vec<String>,
+    /// The only user whose control messages are taken.
+    pub operator: String,
 }
 
 impl Identity {
     fn takes(&self, target: Option<&str>) -> bool {
         target.is_none_or(|target| self.components.iter().any(|c| c == target))
+    }
+
+    /// Whether a control message comes from the operator, by its broker-checked `user_id`.
+    fn trusts(&self, user_id: Option<&str>) -> bool {
+        user_id == Some(self.operator.as_str())
     }
 }
 
@@ -369,7 +376,11 @@ async fn listen_once(
     shutdown: &CancellationToken,
 ) -> Result<(), BusError> {
     let (channel, mut deliveries) = bus
-        .watch("chaos", routing::CONTROL_EXCHANGE, &[ROUTING_KEY])
+        .watch(
+            crate::access::CHAOS,
+            routing::CONTROL_EXCHANGE,
+            &[ROUTING_KEY],
+        )
         .await?;
     loop {
         let delivery = tokio::select! {
@@ -380,6 +391,15 @@ async fn listen_once(
                 None => return Ok(()),
             },
         };
+        let sender = delivery.properties.user_id().as_ref().map(|u| u.as_str());
+        if !identity.trusts(sender) {
+            warn!(
+                user_id = sender.unwrap_or("(none)"),
+                operator = %identity.operator,
+                "chaos control message not from the operator ignored"
+            );
+            continue;
+        }
         let control: Control = match serde_json::from_slice(&delivery.data) {
             Ok(control) => control,
             Err(error) => {
@@ -477,7 +497,10 @@ pub async fn send(
             &body,
             BasicProperties::default()
                 .with_content_type("application/json".into())
-                .with_reply_to(REPLY_TO.into()),
+                .with_reply_to(REPLY_TO.into())
+                // Checked by the broker against this connection's user; listeners take control
+                // messages from the operator's user only.
+                .with_user_id(bus.user().into()),
         )
         .await
         .map_err(BusError::amqp("basic.publish"))?
@@ -644,9 +667,22 @@ mod tests {
     fn a_target_picks_processes_by_component() {
         let identity = Identity {
             components: vec!["order".into(), "payment".into()],
+            operator: "warren-operator".into(),
         };
         assert!(identity.takes(None));
         assert!(identity.takes(Some("payment")));
         assert!(!identity.takes(Some("inventory")));
+    }
+
+    #[test]
+    fn only_the_operator_is_trusted() {
+        let identity = Identity {
+            components: vec!["payment".into()],
+            operator: "warren-operator".into(),
+        };
+        assert!(identity.trusts(Some("warren-operator")));
+        assert!(!identity.trusts(Some("warren-payment")));
+        assert!(!identity.trusts(Some("guest")));
+        assert!(!identity.trusts(None));
     }
 }

@@ -57,12 +57,14 @@ pub fn redact(url: &str) -> String {
 pub struct Bus {
     connection: Arc<Connection>,
     name: Arc<str>,
+    user: Arc<str>,
 }
 
 impl std::fmt::Debug for Bus {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Bus")
             .field("name", &self.name)
+            .field("user", &self.user)
             .field("connected", &self.connection.status().connected())
             .finish()
     }
@@ -103,10 +105,12 @@ impl Bus {
                 url: redact(&settings.url),
                 source,
             })?;
-        info!(name = %settings.connection_name, "connected to RabbitMQ");
+        let user = user_of(&settings.url);
+        info!(name = %settings.connection_name, %user, "connected to RabbitMQ");
         Ok(Self {
             connection: Arc::new(connection),
             name: settings.connection_name.as_str().into(),
+            user: user.into(),
         })
     }
 
@@ -223,12 +227,25 @@ impl Bus {
         &self.name
     }
 
+    /// The user this connection logged in as: what the broker accepts as the `user_id` of the
+    /// messages it publishes.
+    pub fn user(&self) -> &str {
+        &self.user
+    }
+
     /// Closes the connection cleanly; unacked deliveries return to their queues.
     pub async fn close(&self) {
         if let Err(error) = self.connection.close(200, "shutting down".into()).await {
             warn!(%error, "closing the RabbitMQ connection");
         }
     }
+}
+
+/// The user of an AMQP URL, decoded as lapin decodes it (`guest` when the URL names none).
+pub fn user_of(url: &str) -> String {
+    url.parse::<lapin::uri::AMQPUri>()
+        .map(|uri| uri.authority.userinfo.username)
+        .unwrap_or_default()
 }
 
 /// A broker that answers but refuses us (unknown vhost, bad credentials) will not change its
@@ -260,7 +277,17 @@ fn connection_properties(settings: &BusSettings) -> ConnectionProperties {
 
 #[cfg(test)]
 mod tests {
-    use super::redact;
+    use super::{redact, user_of};
+
+    #[test]
+    fn the_user_comes_from_the_url() {
+        assert_eq!(
+            user_of("amqp://warren-payment:s3cret@broker:5672/warren"),
+            "warren-payment"
+        );
+        assert_eq!(user_of("amqp://broker:5672/warren"), "guest");
+        assert_eq!(user_of("amqp://a%40b@broker/warren"), "a@b");
+    }
 
     #[test]
     fn passwords_never_reach_the_logs() {

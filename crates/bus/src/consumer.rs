@@ -8,6 +8,14 @@
 //!
 //! Up to `prefetch` deliveries are handled at once. On shutdown the consumer is cancelled and
 //! in-flight deliveries get a grace period to finish; whatever is left is redelivered.
+//!
+//! Who may put a message in the queue: whatever came through `warren` passed the broker's topic
+//! permissions (a worker cannot publish another service's command there). Anything else came
+//! straight into the queue, through the default exchange or a retry queue, where no routing key
+//! is checked: it is taken only when its `user_id` (which the broker checks against the
+//! publishing connection) is this consumer's own user (its retries) or a trusted one (the
+//! operator's redrives), and parked otherwise. So the retry and parking copies carry this
+//! consumer's user.
 
 use std::future::Future;
 use std::panic::AssertUnwindSafe;
@@ -60,6 +68,9 @@ pub struct ConsumerSpec {
     pub shutdown_grace: Duration,
     /// Injected faults, only in processes that allow them.
     pub faults: Option<Arc<Faults>>,
+    /// Users besides this connection's own whose messages are taken when they did not come
+    /// through `warren` (the operator, for redrives).
+    pub trusted: Vec<String>,
 }
 
 impl ConsumerSpec {
@@ -71,7 +82,14 @@ impl ConsumerSpec {
             tag,
             shutdown_grace: Duration::from_secs(10),
             faults: None,
+            trusted: Vec::new(),
         }
+    }
+
+    #[must_use]
+    pub fn with_trusted(mut self, users: impl IntoIterator<Item = String>) -> Self {
+        self.trusted.extend(users);
+        self
     }
 
     #[must_use]
@@ -113,7 +131,11 @@ pub async fn run<H: Handler>(
         .map_err(BusError::amqp("basic.consume"))?;
     info!(queue = %spec.queue.name, prefetch = spec.prefetch, "consuming");
 
+    let mut trusted = spec.trusted.clone();
+    trusted.push(bus.user().to_owned());
     let context = Arc::new(Context {
+        user: bus.user().to_owned(),
+        trusted,
         faults: spec.faults.clone(),
         queue: spec.queue.clone(),
         schemas,
@@ -169,6 +191,10 @@ pub async fn run<H: Handler>(
 }
 
 struct Context<H> {
+    /// This connection's user, which its retry and parking copies carry.
+    user: String,
+    /// Who may send a message that did not come through `warren`.
+    trusted: Vec<String>,
     faults: Option<Arc<Faults>>,
     queue: ConsumerQueue,
     schemas: Schemas,
@@ -176,7 +202,38 @@ struct Context<H> {
     publisher: Publisher,
 }
 
+/// Whether the queue may take this delivery: see the module's documentation.
+fn admitted(delivery: &Delivery, trusted: &[String]) -> Result<(), String> {
+    let exchange = delivery.exchange.as_str();
+    if exchange == routing::EXCHANGE {
+        return Ok(());
+    }
+    match delivery.properties.user_id() {
+        Some(user) if trusted.iter().any(|t| t == user.as_str()) => Ok(()),
+        sender => Err(format!(
+            "untrusted sender: {} put it straight into the queue (through {}), which only this \
+             consumer's retries and the operator's redrives may",
+            sender
+                .as_ref()
+                .map_or_else(|| "an unnamed user".to_owned(), |u| format!("user {u}")),
+            if exchange.is_empty() {
+                "the default exchange".to_owned()
+            } else {
+                format!("exchange {exchange}")
+            }
+        )),
+    }
+}
+
 async fn process<H: Handler>(delivery: Delivery, context: Arc<Context<H>>) {
+    if let Err(reason) = admitted(&delivery, &context.trusted) {
+        let message_type = delivery
+            .properties
+            .kind()
+            .as_ref()
+            .map_or_else(|| "unknown".to_owned(), ToString::to_string);
+        return park(&delivery, &context, &message_type, "untrusted", &reason).await;
+    }
     let envelope = amqp::decode(&delivery.properties, &delivery.data)
         .map_err(|e| format!("cannot decode: {e}"))
         .and_then(|envelope| {
@@ -268,6 +325,8 @@ async fn process<H: Handler>(delivery: Delivery, context: Arc<Context<H>>) {
                     &envelope.next_attempt(),
                 );
                 copy.body.clone_from(&delivery.data);
+                // It comes back straight into the queue: signed by this consumer.
+                copy.properties = copy.properties.with_user_id(context.user.as_str().into());
                 match context.publisher.send(&copy).await {
                     Ok(()) => {
                         warn!(%reason, %retry_queue, "handler failed; retrying later");
@@ -324,7 +383,9 @@ async fn park<H>(
     let copy = Outgoing {
         exchange: routing::DEAD_LETTER_EXCHANGE.to_owned(),
         routing_key: queue.clone(),
-        properties: amqp::parked_properties(&delivery.properties, queue, reason),
+        // The broker refuses a `user_id` other than this connection's own.
+        properties: amqp::parked_properties(&delivery.properties, queue, reason)
+            .with_user_id(context.user.as_str().into()),
         body: delivery.data.clone(),
     };
     match context.publisher.send(&copy).await {
@@ -361,5 +422,35 @@ async fn requeue(delivery: &Delivery) {
     };
     if let Err(error) = delivery.nack(options).await {
         warn!(%error, "nack failed; the message will be redelivered");
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::admitted;
+    use lapin::BasicProperties;
+    use lapin::message::Delivery;
+
+    fn delivery(exchange: &str, user: Option<&str>) -> Delivery {
+        let mut delivery = Delivery::mock(1, exchange.into(), "k".into(), false, b"{}".to_vec());
+        if let Some(user) = user {
+            delivery.properties = BasicProperties::default().with_user_id(user.into());
+        }
+        delivery
+    }
+
+    #[test]
+    fn only_warren_or_trusted_users_may_fill_a_queue() {
+        let trusted = ["warren-order".to_owned(), "warren-operator".to_owned()];
+        // Through `warren`, the broker's topic permissions decided.
+        assert!(admitted(&delivery("warren", None), &trusted).is_ok());
+        // A retry (dead-lettered back through the default exchange) or a redrive.
+        assert!(admitted(&delivery("", Some("warren-order")), &trusted).is_ok());
+        assert!(admitted(&delivery("", Some("warren-operator")), &trusted).is_ok());
+        // Another component straight into the queue, with or without naming itself.
+        let forged = admitted(&delivery("", Some("warren-payment")), &trusted).unwrap_err();
+        assert!(forged.contains("user warren-payment"), "{forged}");
+        assert!(admitted(&delivery("", None), &trusted).is_err());
+        assert!(admitted(&delivery("warren.retry", None), &trusted).is_err());
     }
 }

@@ -20,6 +20,12 @@ pub enum BusError {
         #[source]
         source: lapin::Error,
     },
+    /// Part of the topology is not on the broker: nobody applied it yet.
+    #[error(
+        "the broker has no {kind} {name:?} in this vhost: apply the topology first \
+         (`warren topology apply` as the operator, or load rabbitmq/definitions.json)"
+    )]
+    Missing { kind: &'static str, name: String },
 }
 
 impl BusError {
@@ -50,6 +56,11 @@ pub enum PublishError {
     /// The channel was not in confirm mode, so nothing vouches for the message.
     #[error("the broker was not asked to confirm the message")]
     Unconfirmed,
+    /// The broker refused the publish (`ACCESS_REFUSED`): this user may not publish to that
+    /// exchange or with that routing key. Sending it again cannot help; the permissions
+    /// (`crate::access`) or the code are wrong.
+    #[error("refused by the broker: {0}")]
+    Refused(#[source] lapin::Error),
     /// The connection failed and did not recover within the attempts allowed.
     #[error("connection lost while publishing: {0}")]
     Connection(#[source] lapin::Error),

@@ -7,6 +7,8 @@
 //! - [`retry`]: the pure decision of what to do with a handled message.
 //! - [`topology`]: exchanges, queues and bindings, declared from code or exported as
 //!   `rabbitmq/definitions.json`.
+//! - [`access`]: one broker user per component and one for operators, and what each may
+//!   configure, write, read, publish and bind.
 //! - [`chaos`]: injected faults, for processes started with the allow flag, and their
 //!   control messages.
 //! - [`amqp`]: the envelope's mapping onto AMQP properties and headers.
@@ -15,6 +17,7 @@
 //! - `otel` (feature `otel`): message spans joined to their W3C trace for an OpenTelemetry
 //!   exporter.
 
+pub mod access;
 pub mod amqp;
 pub mod chaos;
 pub mod connection;
@@ -27,6 +30,7 @@ pub mod retry;
 pub mod rpc;
 pub mod topology;
 
+pub use access::{Access, Grant, Role};
 pub use connection::{Bus, BusSettings};
 pub use consumer::{ConsumerSpec, Handler, HandlerError};
 pub use error::{BusError, PublishError};

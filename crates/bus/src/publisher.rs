@@ -81,6 +81,12 @@ impl Publisher {
     /// Publishes every message, then waits for all confirms: one round trip for the batch.
     /// Returns one result per message, in order. Messages caught by a connection failure are
     /// re-sent once the channel has recovered.
+    ///
+    /// A refused publish (`ACCESS_REFUSED`: the user may not publish there) is not sent again:
+    /// the broker closes the channel, which lapin does not reopen, so every message not yet
+    /// confirmed is reported as [`PublishError::Refused`], with the broker's reason naming the
+    /// exchange and key it refused. The publisher is unusable after that; permissions that
+    /// refuse what a component sends are a deployment error, fixed by correcting them.
     pub async fn send_all(&self, messages: &[Outgoing]) -> Vec<Result<(), PublishError>> {
         let mut results: Vec<Option<Result<(), PublishError>>> =
             messages.iter().map(|_| None).collect();
@@ -124,6 +130,13 @@ impl Publisher {
             // Everything not confirmed (failed or never sent) goes round again after recovery.
             pending.retain(|i| results[*i].is_none());
             let Some(error) = failure else { break };
+            if is_refusal(&error) {
+                warn!(%error, unconfirmed = pending.len(), "publish refused by the broker");
+                for i in pending.drain(..) {
+                    results[i] = Some(Err(PublishError::Refused(error.clone())));
+                }
+                break;
+            }
             recoveries += 1;
             warn!(%error, unconfirmed = pending.len(), "publish interrupted; waiting for recovery");
             let recovered = if recoveries > MAX_RECOVERIES {
@@ -148,6 +161,13 @@ impl Publisher {
             .map(|r| r.expect("every message has a result"))
             .collect()
     }
+}
+
+/// Whether the broker closed the channel because this user may not do what it asked.
+fn is_refusal(error: &lapin::Error) -> bool {
+    use lapin::protocol::{AMQPErrorKind, AMQPSoftError};
+    matches!(error.kind(), lapin::ErrorKind::ProtocolError(amqp)
+        if matches!(amqp.kind(), AMQPErrorKind::Soft(AMQPSoftError::ACCESSREFUSED)))
 }
 
 /// What each confirmed message's fate was.

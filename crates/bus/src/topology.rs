@@ -2,7 +2,9 @@
 //!
 //! `warren topology apply` declares them over AMQP; `warren topology export` renders the same
 //! description in RabbitMQ's definitions format, which `rabbitmq/definitions.json` must match
-//! (a test checks it), so the broker looks the same whichever way it was set up.
+//! (a test checks it), so the broker looks the same whichever way it was set up. Declaring is
+//! the operator's job: components only [`Topology::check`] that it was done, since their users
+//! may not configure shared names ([`crate::access`]).
 //!
 //! Every consumer queue is a durable quorum queue with a delivery limit and at-least-once
 //! dead-lettering into its parking queue `<queue>.dead`; each retry tier is a quorum queue
@@ -22,7 +24,7 @@ use lapin::types::{AMQPValue, FieldTable, LongString};
 use lapin::{Channel, ExchangeKind};
 use serde_json::{Value, json};
 
-use crate::{BusError, RetryPolicy};
+use crate::{Bus, BusError, RetryPolicy};
 
 /// Redeliveries a quorum queue allows before it dead-letters a message on its own (a handler
 /// that crashes the process every time, say).
@@ -358,6 +360,35 @@ impl Topology {
         Ok(())
     }
 
+    /// Checks, changing nothing, that every exchange and queue of this topology exists: what a
+    /// component does at start, leaving the declaring to the operator. Passive declares need no
+    /// permission. Fails with the first name missing ([`BusError::Missing`]).
+    pub async fn check(&self, bus: &Bus) -> Result<(), BusError> {
+        let channel = bus.channel().await?;
+        let exchange = ExchangeDeclareOptions {
+            passive: true,
+            ..ExchangeDeclareOptions::default()
+        };
+        for (name, kind, _) in Self::exchanges() {
+            channel
+                .exchange_declare(name.into(), kind, exchange, FieldTable::default())
+                .await
+                .map_err(|error| missing("exchange", name, error))?;
+        }
+        let queue = QueueDeclareOptions {
+            passive: true,
+            ..QueueDeclareOptions::default()
+        };
+        for spec in self.queues() {
+            channel
+                .queue_declare(spec.name.as_str().into(), queue, FieldTable::default())
+                .await
+                .map_err(|error| missing("queue", &spec.name, error))?;
+        }
+        let _ = channel.close(200, "topology checked".into()).await;
+        Ok(())
+    }
+
     /// Deletes every queue of this topology (not the shared exchanges). For tests.
     pub async fn delete_queues(&self, channel: &Channel) -> Result<(), BusError> {
         for queue in self.queues() {
@@ -433,6 +464,26 @@ impl QueueSpec {
             })
             .collect::<serde_json::Map<_, _>>()
             .into()
+    }
+}
+
+/// A failed passive declare: `NOT_FOUND` means the name is missing, anything else is trouble
+/// reaching the broker.
+fn missing(kind: &'static str, name: &str, error: lapin::Error) -> BusError {
+    use lapin::protocol::{AMQPErrorKind, AMQPSoftError};
+    match error.kind() {
+        lapin::ErrorKind::ProtocolError(amqp)
+            if matches!(amqp.kind(), AMQPErrorKind::Soft(AMQPSoftError::NOTFOUND)) =>
+        {
+            BusError::Missing {
+                kind,
+                name: name.to_owned(),
+            }
+        }
+        _ => BusError::Amqp {
+            operation: "passive declare",
+            source: error,
+        },
     }
 }
 

@@ -122,9 +122,9 @@ impl LiveEvents {
 /// This process's private live event queue.
 async fn subscribe(bus: &Bus) -> Result<(Channel, Consumer), BusError> {
     bus.watch(
-        "live-events",
+        bus::access::LIVE_EVENTS,
         routing::EXCHANGE,
-        &["saga.evt.#", "notification.evt.#"],
+        &bus::access::LIVE_EVENT_KEYS,
     )
     .await
 }

@@ -327,3 +327,95 @@ pub fn amqp_url_for(vhost: &str) -> String {
     let cut = base.rfind('/').unwrap();
     format!("{}/{vhost}", &base[..cut])
 }
+
+/// A broker user made for one test, with a component's permissions in one vhost. Users belong
+/// to the whole broker, so each test names its own (`<unique>-warren-payment`, say); delete it
+/// with [`delete_user`].
+#[derive(Debug, Clone)]
+pub struct TestUser {
+    pub name: String,
+    pub password: String,
+    pub vhost: String,
+}
+
+impl TestUser {
+    /// The AMQP URL that logs in as this user, in its vhost.
+    pub fn amqp_url(&self) -> String {
+        let mut url = reqwest::Url::parse(&amqp_url_for(&self.vhost)).unwrap();
+        url.set_username(&self.name).unwrap();
+        url.set_password(Some(&self.password)).unwrap();
+        url.into()
+    }
+
+    /// A connection as this user, named `connection_name` (a component's exclusive queues are
+    /// named after its connection, and its permissions name them so).
+    pub async fn bus(&self, connection_name: &str) -> Bus {
+        init_logging();
+        Bus::connect(&BusSettings {
+            url: self.amqp_url(),
+            connection_name: connection_name.to_owned(),
+            connect_timeout: Duration::from_secs(10),
+        })
+        .await
+        .expect("the test user can log in")
+    }
+}
+
+/// Creates `name` through the management API with `grant` in `vhost` (permissions and topic
+/// permissions) and a fresh password.
+pub async fn create_user(vhost: &str, name: &str, grant: &bus::Grant) -> TestUser {
+    let client = reqwest::Client::new();
+    let base = management_url();
+    let password = Uuid::now_v7().simple().to_string();
+    let put = |path: String, body: Value| {
+        let request = client
+            .put(format!("{base}/api/{path}"))
+            .basic_auth("guest", Some("guest"))
+            .json(&body);
+        async move {
+            request.send().await.unwrap().error_for_status().unwrap();
+        }
+    };
+    put(
+        format!("users/{}", encode(name)),
+        json!({"password": password, "tags": grant.tags.join(",")}),
+    )
+    .await;
+    put(
+        format!("permissions/{}/{}", encode(vhost), encode(name)),
+        json!({"configure": grant.configure, "write": grant.write, "read": grant.read}),
+    )
+    .await;
+    for topic in &grant.topics {
+        put(
+            format!("topic-permissions/{}/{}", encode(vhost), encode(name)),
+            json!({"exchange": topic.exchange, "write": topic.write, "read": topic.read}),
+        )
+        .await;
+    }
+    TestUser {
+        name: name.to_owned(),
+        password,
+        vhost: vhost.to_owned(),
+    }
+}
+
+pub async fn delete_user(name: &str) {
+    let _ = reqwest::Client::new()
+        .delete(format!("{}/api/users/{}", management_url(), encode(name)))
+        .basic_auth("guest", Some("guest"))
+        .send()
+        .await;
+}
+
+/// A connection as guest (every permission) to `vhost`.
+pub async fn admin_bus(vhost: &str, name: &str) -> Bus {
+    init_logging();
+    Bus::connect(&BusSettings {
+        url: amqp_url_for(vhost),
+        connection_name: name.to_owned(),
+        connect_timeout: Duration::from_secs(10),
+    })
+    .await
+    .expect("the test broker is reachable (run scripts/test.sh)")
+}

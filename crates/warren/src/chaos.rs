@@ -332,7 +332,10 @@ async fn poison(settings: &Settings, queue: &str, json: bool) -> anyhow::Result<
             .with_type(message_type.as_str().into())
             .with_app_id("warren-chaos".into())
             .with_content_type("application/json".into())
-            .with_delivery_mode(2);
+            .with_delivery_mode(2)
+            // Straight into a queue, it is taken only from the operator (checked by the broker),
+            // and then parked for what it is.
+            .with_user_id(bus.user().into());
         // Straight into the queue through the default exchange: no other consumer sees it.
         channel
             .basic_publish(

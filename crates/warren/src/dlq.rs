@@ -969,6 +969,7 @@ async fn redrive(
                 let outcome = redrive_one(
                     topology,
                     publisher.as_ref(),
+                    bus.user(),
                     &delivery,
                     &reader.name,
                     &mut sent,
@@ -1002,6 +1003,7 @@ async fn redrive(
 async fn redrive_one(
     topology: &Topology,
     publisher: Option<&Publisher>,
+    sender: &str,
     delivery: &Delivery,
     parking_queue: &str,
     sent: &mut HashSet<(String, String)>,
@@ -1025,7 +1027,9 @@ async fn redrive_one(
     let copy = Outgoing {
         exchange: String::new(),
         routing_key: to.clone(),
-        properties: redriven_properties(properties),
+        // The consumer takes a message that did not come through `warren` only from the
+        // operator (or itself), by its broker-checked user.
+        properties: redriven_properties(properties).with_user_id(sender.into()),
         body: delivery.data.clone(),
     };
     if let Err(error) = publisher.send(&copy).await {
@@ -1420,6 +1424,7 @@ mod tests {
             let handled = redrive_one(
                 &topology,
                 None,
+                "warren-operator",
                 delivery,
                 "payment.commands.dead",
                 &mut sent,

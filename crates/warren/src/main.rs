@@ -127,6 +127,10 @@ async fn cli_main() -> std::process::ExitCode {
         _ => "warren-cli".to_owned(),
     };
     let _telemetry = telemetry::init(&cli.settings.log_format, level, &service);
+    if let Err(error) = cli.settings.read_password_files() {
+        eprintln!("error: {error:#}");
+        return std::process::ExitCode::from(exit::FAILURE);
+    }
     let outcome = match cli.command {
         Command::Run(args) => run::run(&cli.settings, args)
             .await

@@ -185,7 +185,8 @@ impl Components {
             .clone();
         let mut spec = ConsumerSpec::new(queue, component)
             .with_prefetch(prefetch)
-            .with_faults(self.faults.clone());
+            .with_faults(self.faults.clone())
+            .with_trusted([self.settings.operator_user.clone()]);
         spec.shutdown_grace = self.settings.shutdown_grace();
         let bus = self.bus.clone();
         let token = self.shutdown.clone();
@@ -526,10 +527,12 @@ async fn start(
     faults: &Option<Arc<Faults>>,
     metrics: &PrometheusHandle,
 ) -> anyhow::Result<(Components, Tasks)> {
+    // The operator declares the topology (`warren topology apply`, or the definitions the
+    // broker loads); a component's user may not, so it only checks the layout is there.
     Topology::standard()
-        .declare(&bus.channel().await?)
+        .check(bus)
         .await
-        .context("declaring the broker topology")?;
+        .context("checking the broker topology")?;
     let context = Components {
         settings: settings.clone(),
         bus: bus.clone(),
@@ -543,6 +546,7 @@ async fn start(
     if let Some(faults) = faults.clone() {
         let identity = chaos::Identity {
             components: components.iter().map(|c| c.name().to_owned()).collect(),
+            operator: settings.operator_user.clone(),
         };
         let (bus, token) = (bus.clone(), context.shutdown.clone());
         tasks.spawn(async move {

@@ -1,7 +1,7 @@
 //! Settings: every knob has a flag and a `WARREN_` environment variable, checked at start.
 
 use std::net::SocketAddr;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use anyhow::Context;
@@ -162,6 +162,22 @@ pub struct Settings {
     /// Log format.
     #[arg(long, global = true, env = "WARREN_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text)]
     pub log_format: LogFormat,
+    /// A file holding the broker password, which replaces the one of the AMQP URL (so it
+    /// appears in no environment or command line). Read at start.
+    #[arg(long, global = true, env = "WARREN_AMQP_PASSWORD_FILE")]
+    pub amqp_password_file: Option<PathBuf>,
+    /// A file holding the database password, which replaces the one of the database URL.
+    #[arg(long, global = true, env = "WARREN_DATABASE_PASSWORD_FILE")]
+    pub database_password_file: Option<PathBuf>,
+    /// The broker user whose chaos control messages processes take (`warren run
+    /// --allow-chaos`); the broker vouches for a message's user.
+    #[arg(
+        long,
+        global = true,
+        env = "WARREN_OPERATOR_USER",
+        default_value = bus::access::DEFAULT_OPERATOR
+    )]
+    pub operator_user: String,
 }
 
 /// How long `warren run` waits for the broker and the database unless told otherwise.
@@ -246,6 +262,50 @@ impl Settings {
             .parse()
             .map_err(|_| anyhow::anyhow!("unknown JWT algorithm {:?}", self.jwt_algorithm))
     }
+
+    /// Puts the passwords of the password files into the URLs. Called once at start; a file
+    /// that cannot be read, or a URL that names no user, stops the process with the reason.
+    pub fn read_password_files(&mut self) -> anyhow::Result<()> {
+        if let Some(file) = &self.amqp_password_file {
+            self.amqp_url = with_password(&self.amqp_url, &read_secret(file)?)
+                .context("WARREN_AMQP_URL (with WARREN_AMQP_PASSWORD_FILE)")?;
+        }
+        if let Some(file) = &self.database_password_file {
+            self.database_url = with_password(&self.database_url, &read_secret(file)?)
+                .context("WARREN_DATABASE_URL (with WARREN_DATABASE_PASSWORD_FILE)")?;
+        }
+        Ok(())
+    }
+}
+
+/// A secret file's content, without its final line break.
+pub fn read_secret(file: &Path) -> anyhow::Result<String> {
+    let text = std::fs::read_to_string(file)
+        .with_context(|| format!("reading the password file {}", file.display()))?;
+    let secret = text.strip_suffix('\n').unwrap_or(&text);
+    let secret = secret.strip_suffix('\r').unwrap_or(secret);
+    anyhow::ensure!(
+        !secret.is_empty(),
+        "the password file {} is empty",
+        file.display()
+    );
+    Ok(secret.to_owned())
+}
+
+/// `url` with `password` in place of its password (percent-encoded).
+fn with_password(url: &str, password: &str) -> anyhow::Result<String> {
+    let mut parsed = reqwest::Url::parse(url).map_err(|error| {
+        anyhow::anyhow!("not a URL ({error}): {}", bus::connection::redact(url))
+    })?;
+    anyhow::ensure!(
+        !parsed.username().is_empty(),
+        "the URL names no user for the password: {}",
+        bus::connection::redact(url)
+    );
+    parsed.set_password(Some(password)).map_err(|()| {
+        anyhow::anyhow!("cannot hold a password: {}", bus::connection::redact(url))
+    })?;
+    Ok(parsed.into())
 }
 
 fn vhost_of(amqp_url: &str) -> String {
@@ -258,7 +318,47 @@ fn vhost_of(amqp_url: &str) -> String {
 
 #[cfg(test)]
 mod tests {
-    use super::vhost_of;
+    use super::{read_secret, vhost_of, with_password};
+
+    #[test]
+    fn a_password_file_fills_in_the_url() {
+        assert_eq!(
+            with_password("amqp://warren-payment@127.0.0.1:5672/warren", "p@ss:w/rd").unwrap(),
+            "amqp://warren-payment:p%40ss%3Aw%2Frd@127.0.0.1:5672/warren"
+        );
+        assert_eq!(
+            bus::connection::user_of(
+                &with_password(
+                    "amqp://warren-payment:old@broker/warren?heartbeat=10",
+                    "new"
+                )
+                .unwrap()
+            ),
+            "warren-payment"
+        );
+        let url =
+            with_password("postgres://warren_orders@127.0.0.1:5432/warren", "s3cret").unwrap();
+        assert_eq!(url, "postgres://warren_orders:s3cret@127.0.0.1:5432/warren");
+        let decoded: lapin::uri::AMQPUri = with_password("amqp://u@h/v", "a b%c")
+            .unwrap()
+            .parse()
+            .unwrap();
+        assert_eq!(decoded.authority.userinfo.password, "a b%c");
+        assert!(with_password("amqp://127.0.0.1:5672/warren", "x").is_err());
+    }
+
+    #[test]
+    fn a_secret_file_loses_its_final_line_break_only() {
+        let dir = std::env::temp_dir().join(format!("warren-secret-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let file = dir.join("secret");
+        std::fs::write(&file, "s3cret \n").unwrap();
+        assert_eq!(read_secret(&file).unwrap(), "s3cret ");
+        std::fs::write(&file, "").unwrap();
+        assert!(read_secret(&file).is_err());
+        assert!(read_secret(&dir.join("missing")).is_err());
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
 
     #[test]
     fn the_vhost_is_the_decoded_path_of_the_amqp_url() {

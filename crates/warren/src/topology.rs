@@ -1,26 +1,73 @@
 //! `warren topology apply|export`.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 use anyhow::Context;
-use bus::{Bus, Topology};
+use bus::{Access, Bus, Topology};
 use clap::Subcommand;
 use contracts::routing;
+use saga::Definition;
 use serde_json::Value;
 
 use crate::settings::Settings;
 
 #[derive(Debug, Subcommand)]
 pub enum TopologyCommand {
-    /// Declare every exchange, queue and binding on the broker (idempotent).
+    /// Declare every exchange, queue and binding on the broker (idempotent). An operator's job:
+    /// components only check the layout is there.
     Apply,
-    /// Print the exchanges, queues and bindings as RabbitMQ definitions, or rewrite those
-    /// sections of a definitions file in place.
+    /// Print the exchanges, queues and bindings, and the users and their permissions, as
+    /// RabbitMQ definitions, or rewrite those sections of a definitions file in place.
     Export {
-        /// A definitions file whose other sections (users, vhosts, permissions) are kept.
+        /// A definitions file whose other sections (vhosts, policies, ...) are kept.
         #[arg(long)]
         into: Option<PathBuf>,
     },
+    /// Write a definitions file in which each user has the password of its file in a folder
+    /// (named after the user), for a broker that loads its definitions at boot (the containers
+    /// of docker-compose.yml). Only salted hashes reach the output; a user without a file keeps
+    /// no password, so nobody can log in as it.
+    Render {
+        /// The definitions to start from (users without passwords).
+        #[arg(long, default_value = "rabbitmq/definitions.json")]
+        from: PathBuf,
+        /// The folder of password files, one per user, named after it.
+        #[arg(long)]
+        passwords: PathBuf,
+        /// Where to write the result.
+        #[arg(long)]
+        out: PathBuf,
+    },
+}
+
+/// The sections of `rabbitmq/definitions.json` that come from the code.
+pub const GENERATED: [&str; 6] = [
+    "exchanges",
+    "queues",
+    "bindings",
+    "users",
+    "permissions",
+    "topic_permissions",
+];
+
+/// Who may do what on the broker, for these saga definitions: the orchestrator may send their
+/// commands and compensations, no other.
+pub fn access(definitions: &[Definition]) -> Access {
+    let commands = definitions.iter().flat_map(|d| &d.steps).flat_map(|step| {
+        std::iter::once(step.command.clone())
+            .chain(step.compensation.as_ref().map(|c| c.command.clone()))
+    });
+    Access::new(Topology::standard(), commands)
+}
+
+/// Every generated section, for the `warren` vhost.
+fn generated(settings: &Settings) -> anyhow::Result<Value> {
+    let mut definitions = Topology::standard().definitions(routing::VHOST);
+    let users = access(&crate::run::definitions(settings)?).definitions(routing::VHOST);
+    for section in ["users", "permissions", "topic_permissions"] {
+        definitions[section] = users[section].clone();
+    }
+    Ok(definitions)
 }
 
 pub async fn execute(settings: &Settings, command: TopologyCommand) -> anyhow::Result<()> {
@@ -32,7 +79,7 @@ pub async fn execute(settings: &Settings, command: TopologyCommand) -> anyhow::R
             topology
                 .declare(&channel)
                 .await
-                .context("declaring the topology")?;
+                .context("declaring the topology (as a user with every permission in the vhost)")?;
             bus.close().await;
             println!(
                 "topology applied: {} consumer queues with parking and retry queues",
@@ -40,22 +87,144 @@ pub async fn execute(settings: &Settings, command: TopologyCommand) -> anyhow::R
             );
         }
         TopologyCommand::Export { into: None } => {
-            let definitions = topology.definitions(routing::VHOST);
-            println!("{}", serde_json::to_string_pretty(&definitions)?);
+            println!("{}", serde_json::to_string_pretty(&generated(settings)?)?);
         }
         TopologyCommand::Export { into: Some(path) } => {
             let text = std::fs::read_to_string(&path)
                 .with_context(|| format!("reading {}", path.display()))?;
             let mut file: Value = serde_json::from_str(&text)
                 .with_context(|| format!("{} is not JSON", path.display()))?;
-            let generated = topology.definitions(routing::VHOST);
-            for section in ["exchanges", "queues", "bindings"] {
+            let generated = generated(settings)?;
+            for section in GENERATED {
                 file[section] = generated[section].clone();
             }
             std::fs::write(&path, serde_json::to_string_pretty(&file)? + "\n")
                 .with_context(|| format!("writing {}", path.display()))?;
-            println!("rewrote the topology sections of {}", path.display());
+            println!(
+                "rewrote the topology and access sections of {}",
+                path.display()
+            );
         }
+        TopologyCommand::Render {
+            from,
+            passwords,
+            out,
+        } => render(&from, &passwords, &out)?,
     }
     Ok(())
+}
+
+/// `warren topology render`.
+fn render(from: &Path, passwords: &Path, out: &Path) -> anyhow::Result<()> {
+    let text =
+        std::fs::read_to_string(from).with_context(|| format!("reading {}", from.display()))?;
+    let mut file: Value =
+        serde_json::from_str(&text).with_context(|| format!("{} is not JSON", from.display()))?;
+    let users = file["users"]
+        .as_array_mut()
+        .with_context(|| format!("{} has no users", from.display()))?;
+    let mut given = Vec::new();
+    for user in users {
+        let Some(name) = user["name"].as_str().map(str::to_owned) else {
+            continue;
+        };
+        let secret = passwords.join(&name);
+        if !secret.exists() {
+            continue;
+        }
+        let password = crate::settings::read_secret(&secret)?;
+        user["password_hash"] = Value::from(password_hash(&password, fastrand::u32(..)));
+        user["hashing_algorithm"] = Value::from(HASHING_ALGORITHM);
+        given.push(name);
+    }
+    std::fs::write(out, serde_json::to_string_pretty(&file)? + "\n")
+        .with_context(|| format!("writing {}", out.display()))?;
+    println!(
+        "wrote {} with passwords for {}",
+        out.display(),
+        if given.is_empty() {
+            "no user".to_owned()
+        } else {
+            given.join(", ")
+        }
+    );
+    Ok(())
+}
+
+/// RabbitMQ's `rabbit_password_hashing_sha256`.
+const HASHING_ALGORITHM: &str = "rabbit_password_hashing_sha256";
+
+/// A password as RabbitMQ stores it: base64 of a 4-byte salt followed by SHA-256 of the salt
+/// and the password's UTF-8 bytes.
+fn password_hash(password: &str, salt: u32) -> String {
+    use base64::Engine;
+    use sha2::{Digest, Sha256};
+    let salt = salt.to_be_bytes();
+    let digest = Sha256::new()
+        .chain_update(salt)
+        .chain_update(password.as_bytes())
+        .finalize();
+    let mut salted = salt.to_vec();
+    salted.extend_from_slice(&digest);
+    base64::engine::general_purpose::STANDARD.encode(salted)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::Parser;
+
+    #[test]
+    fn the_users_of_the_definitions_file_match_the_code() {
+        let settings = crate::Cli::parse_from(["warren", "migrate"]).settings;
+        let path = concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/../../rabbitmq/definitions.json"
+        );
+        let file: Value = serde_json::from_str(&std::fs::read_to_string(path).unwrap()).unwrap();
+        let generated = generated(&settings).unwrap();
+        for section in ["users", "permissions", "topic_permissions"] {
+            assert_eq!(
+                file[section], generated[section],
+                "rabbitmq/definitions.json {section} differ from the code (regenerate with \
+                 `warren topology export --into rabbitmq/definitions.json`)"
+            );
+        }
+        // No secret in the file: users get their passwords from files at deployment.
+        assert!(
+            file["users"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .all(|u| u["password_hash"] == "")
+        );
+    }
+
+    #[test]
+    fn password_hashes_are_salted_sha256_as_rabbitmq_keeps_them() {
+        // `guest` as a fresh RabbitMQ 3.10 node stores it (salt 0x908dc60a).
+        assert_eq!(
+            password_hash("guest", 0x908d_c60a),
+            "kI3GCrswBLNZQzHJJ95QLoyfAVooYhnvf7jbqiW9BjOYUloe"
+        );
+        assert_ne!(password_hash("guest", 1), password_hash("guest", 2));
+    }
+
+    #[test]
+    fn the_orchestrator_may_send_every_command_of_the_built_in_sagas() {
+        let settings = crate::Cli::parse_from(["warren", "migrate"]).settings;
+        let access = access(&crate::run::definitions(&settings).unwrap());
+        let write = &access.grant(bus::Role::Orchestrator).topics[0].write;
+        for command in [
+            "order.cmd.create",
+            "order.cmd.cancel",
+            "image.cmd.delete_variants",
+        ] {
+            assert!(
+                write.contains(&command.replace('.', r"\.")),
+                "{command}: {write}"
+            );
+        }
+        assert!(!write.contains("set_balance"));
+    }
 }

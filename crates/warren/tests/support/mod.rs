@@ -91,6 +91,16 @@ impl System {
             .await
             .unwrap();
         store::migrate(&pool).await.unwrap();
+        // What the operator does before any component starts (components only check it).
+        let applied = Ran::of(
+            Command::new(env!("CARGO_BIN_EXE_warren"))
+                .args(["topology", "apply"])
+                .env("WARREN_AMQP_URL", testkit::amqp_url_for(&vhost))
+                .env("WARREN_CONNECT_TIMEOUT_SECS", "10")
+                .env("RUST_LOG", "warn"),
+        )
+        .await;
+        assert_eq!(applied.code, 0, "warren topology apply: {applied:?}");
         let port = free_port();
         let logs = std::env::temp_dir().join(format!("warren-{vhost}"));
         std::fs::create_dir_all(&logs).unwrap();
@@ -157,6 +167,8 @@ impl System {
             // Tests hammer one gateway as one client; the limit has a test of its own.
             .env("WARREN_RATE_LIMIT", "100000")
             .env("WARREN_RATE_BURST", "100000")
+            // Everything runs as guest here, the operator's commands included.
+            .env("WARREN_OPERATOR_USER", "guest")
             .env(
                 "RUST_LOG",
                 std::env::var("TEST_LOG").unwrap_or_else(|_| "info".into()),
