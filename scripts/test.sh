@@ -22,6 +22,7 @@ log "disk: $(df -h --output=avail "$ROOT" | tail -1 | tr -d ' ') free"
 
 log "cargo fmt --check"
 cargo fmt --all -- --check
+cargo fmt --manifest-path fuzz/Cargo.toml -- --check
 log "docker-compose config -q"
 ensure_compose
 docker-compose config -q
@@ -29,6 +30,10 @@ log "cargo clippy"
 cargo clippy --workspace --all-targets --locked -- -D warnings
 # The optional OTLP span export is built only with its feature: keep it compiling and clean.
 cargo clippy -p warren --features otlp --locked -- -D warnings
+# The fuzz targets (fuzz/, a workspace of its own, run by scripts/fuzz.sh) keep compiling and
+# clean: checked in the main build's target directory, which takes under half a minute.
+CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$ROOT/target}" \
+  cargo clippy --manifest-path fuzz/Cargo.toml --all-targets --locked -- -D warnings
 log "tests"
 if cargo nextest --version >/dev/null 2>&1; then
   cargo nextest run --workspace --locked --no-fail-fast

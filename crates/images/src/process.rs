@@ -30,6 +30,9 @@ pub const JPEG_QUALITY: u8 = 85;
 /// would make a large image take minutes, so a linear-time three-box approximation is used.
 const EXACT_BLUR_MAX_SIGMA: f32 = 4.0;
 
+/// Bytes per pixel of the buffer `image`'s resize samples into first (RGBA of `f32`).
+const RESIZE_PASS_BYTES_PER_PIXEL: u64 = 16;
+
 /// What one image may cost to decode and render.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Limits {
@@ -241,9 +244,14 @@ pub fn render_decoded(
 ) -> Result<Rendered, ProcessError> {
     let mut image = Cow::Borrowed(&original.image);
     for operation in spec.operations() {
-        let (width, height) = output_size(operation, image.dimensions())?;
-        let bytes =
-            u64::from(width) * u64::from(height) * u64::from(image.color().bytes_per_pixel());
+        let from = image.dimensions();
+        let (width, height) = output_size(operation, from)?;
+        let bytes = working_bytes(
+            operation,
+            from,
+            (width, height),
+            image.color().bytes_per_pixel(),
+        );
         limits.check_size(width, height, bytes)?;
         image = Cow::Owned(apply(operation, &image, width, height));
     }
@@ -291,6 +299,27 @@ fn output_size(
             (crop_width, crop_height)
         }
     })
+}
+
+/// The largest pixel buffer `operation` allocates to turn a `from` image into a `to` one with
+/// `bytes_per_pixel`: the result, or a resize's first pass where that is larger. `image`
+/// resizes vertically first, into a buffer as wide as the original and as tall as the result
+/// in 32-bit float RGBA whatever the image's colour type, so stretching a thin strip (an
+/// 8192×1 grey PNG of a few hundred bytes to 1×8192) needs a gigabyte for an 8 KiB result.
+fn working_bytes(
+    operation: &Operation,
+    from: (u32, u32),
+    to: (u32, u32),
+    bytes_per_pixel: u8,
+) -> u64 {
+    let result = u64::from(to.0) * u64::from(to.1) * u64::from(bytes_per_pixel);
+    match operation {
+        // To the same size, `resize` copies.
+        Operation::Resize { .. } if from != to => {
+            result.max(u64::from(from.0) * u64::from(to.1) * RESIZE_PASS_BYTES_PER_PIXEL)
+        }
+        _ => result,
+    }
 }
 
 /// The largest size with the aspect ratio of `width`×`height` that fits inside size×size,
@@ -494,7 +523,7 @@ fn jpeg_is_complete(data: &[u8]) -> bool {
 mod tests {
     #![allow(clippy::unwrap_used)]
 
-    use image::{Rgb, RgbaImage};
+    use image::{GrayImage, Rgb, RgbaImage};
 
     use super::*;
     use crate::spec::parse;
@@ -832,6 +861,43 @@ mod tests {
             matches!(error, ProcessError::TooMuchMemory { .. }),
             "{error}"
         );
+    }
+
+    #[test]
+    fn a_resize_counts_its_first_pass_against_the_memory_cap() {
+        // A 1-pixel-high grey strip stretched to a column: the result is tiny, but the first
+        // pass is as wide as the strip and as tall as the column, 16 bytes a pixel.
+        let strip = |width| {
+            encoded(
+                &DynamicImage::ImageLuma8(GrayImage::new(width, 1)),
+                ImageFormat::Png,
+            )
+        };
+        let error = failure(&strip(8192), "resize:1x8192", &Limits::default());
+        assert_eq!(
+            error,
+            ProcessError::TooMuchMemory {
+                width: 1,
+                height: 8192,
+                bytes: 8192 * 8192 * 16,
+                max_alloc: 256 * 1024 * 1024,
+            }
+        );
+        // The fuzzer's find (`fuzz/corpus/image/crash-resize-first-pass`), at its limits.
+        let limits = Limits {
+            max_width: 256,
+            max_height: 256,
+            max_alloc: 256 * 1024,
+            max_input_bytes: 64 * 1024,
+        };
+        let error = failure(&strip(197), "resize:1x251@webp", &limits);
+        assert!(
+            matches!(error, ProcessError::TooMuchMemory { bytes: 791_152, .. }),
+            "{error}"
+        );
+        // Within the cap, the same stretch renders.
+        let r = rendered(&strip(64), "resize:1x64");
+        assert_eq!((r.width, r.height), (1, 64));
     }
 
     #[test]
