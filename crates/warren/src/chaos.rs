@@ -146,6 +146,7 @@ pub async fn execute(
         return Ok(ExitCode::from(exit::UNREACHABLE));
     };
     let answers = chaos::send(&bus, &control, FIRST_ANSWER, MORE_ANSWERS).await;
+    let sender = bus.user().to_owned();
     bus.close().await;
     let answers = answers.context("sending the chaos control message")?;
     if json {
@@ -155,8 +156,10 @@ pub async fn execute(
     }
     if answers.is_empty() {
         eprintln!(
-            "error: no running process accepts injected faults{}; start them with \
-             `warren run --allow-chaos` (or WARREN_ALLOW_CHAOS=true)",
+            "error: no running process accepts injected faults{} from {sender}; start them with \
+             `warren run --allow-chaos` (or WARREN_ALLOW_CHAOS=true), and send as the operator \
+             (the broker user they take controls from: WARREN_OPERATOR_USER, warren-operator \
+             unless told otherwise)",
             control
                 .target
                 .map(|t| format!(" as {t}"))
