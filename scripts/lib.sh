@@ -170,7 +170,7 @@ ensure_broker_users() {
   local user tags
   for user in "${BROKER_USERS[@]}"; do
     tags=""
-    [ "$user" != warren-operator ] || tags=management
+    [ "$user" != warren-operator ] || tags=monitoring
     # Through standard input: the password is on no command line (printf is a shell builtin).
     printf '{"password": "%s", "tags": "%s"}' "$(cat "$(secret rabbitmq "$user")")" "$tags" \
       | curl -sf -u guest:guest -H 'content-type: application/json' -X PUT --data-binary @- \

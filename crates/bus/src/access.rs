@@ -173,7 +173,7 @@ impl Access {
                 write: ".*".into(),
                 read: ".*".into(),
                 topics: Vec::new(),
-                tags: vec!["management"],
+                tags: vec!["monitoring"],
             };
         }
         let mut purposes = vec![CHAOS];
