@@ -82,6 +82,16 @@ impl Principal {
         }
     }
 
+    /// The customer a request is for: the one it names (if the caller may act for it), else
+    /// the caller's own when it is limited to one, else none (any customer).
+    pub fn customer_for(&self, named: Option<String>) -> Result<Option<String>, ApiError> {
+        match (named, self.only_customer()) {
+            (Some(named), _) => self.act_for(&named).map(|()| Some(named)),
+            (None, Some(own)) => self.act_for(own).map(|()| Some(own.to_owned())),
+            (None, None) => Ok(None),
+        }
+    }
+
     /// The one customer this caller is limited to, if it is limited to one.
     pub fn only_customer(&self) -> Option<&str> {
         (!self.has(Scope::Customers)).then_some(self.id.as_str())
@@ -297,6 +307,8 @@ mod tests {
         assert!(c1.act_for("c-1").is_ok());
         assert!(matches!(c1.act_for("c-2"), Err(ApiError::Forbidden(_))));
         assert_eq!(c1.only_customer(), Some("c-1"));
+        assert_eq!(c1.customer_for(None).unwrap().as_deref(), Some("c-1"));
+        assert!(c1.customer_for(Some("c-2".into())).is_err());
         assert!(c1.require(Scope::Operator).is_err());
         assert!(c1.require(Scope::Ui).is_err());
     }

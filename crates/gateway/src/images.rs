@@ -99,17 +99,7 @@ pub async fn upload(
     let variants =
         variants.ok_or_else(|| ApiError::Invalid("a variants field is required".into()))?;
     // A customer's upload is its own, named or not.
-    let customer_id = match (customer_id, principal.only_customer()) {
-        (Some(named), _) => {
-            principal.act_for(&named)?;
-            Some(named)
-        }
-        (None, Some(own)) => {
-            principal.act_for(own)?;
-            Some(own.to_owned())
-        }
-        (None, None) => None,
-    };
+    let customer_id = principal.customer_for(customer_id)?;
     images::spec::parse_all(&variants).map_err(|e| ApiError::Invalid(e.to_string()))?;
 
     let image_id = Uuid::now_v7();

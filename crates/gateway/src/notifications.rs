@@ -61,17 +61,7 @@ pub async fn stream(
     ApiQuery(params): ApiQuery<StreamParams>,
 ) -> Result<Sse<impl Stream<Item = Result<Event, Infallible>>>, ApiError> {
     // A customer's stream carries its own notifications only.
-    let customer = match (params.customer_id, principal.only_customer()) {
-        (Some(asked), _) => {
-            principal.act_for(&asked)?;
-            Some(asked)
-        }
-        (None, Some(own)) => {
-            principal.act_for(own)?;
-            Some(own.to_owned())
-        }
-        (None, None) => None,
-    };
+    let customer = principal.customer_for(params.customer_id)?;
     let receiver = state.events.notifications();
     let stream = futures_util::stream::unfold(
         (receiver, customer),
