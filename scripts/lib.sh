@@ -47,6 +47,10 @@ ensure_tools() {
   local missing=()
   command -v curl >/dev/null || missing+=(curl)
   command -v psql >/dev/null || missing+=(postgresql-client)
+  # The fuzz crate's check builds libFuzzer (C++); scripts/api-check.sh makes a Python venv.
+  command -v g++ >/dev/null || missing+=(g++)
+  command -v python3 >/dev/null || missing+=(python3)
+  python3 -c 'import ensurepip, venv' 2>/dev/null || missing+=(python3-venv)
   [ ${#missing[@]} -eq 0 ] || apt_install "${missing[@]}" ca-certificates
   command -v cargo >/dev/null || die "cargo is missing: install Rust with rustup (https://rustup.rs), then run this again"
 }

@@ -117,20 +117,6 @@ fn create_order() -> Envelope {
     )
 }
 
-async fn ready_messages(bus: &Bus, queue: &str) -> u32 {
-    let channel = bus.channel().await.unwrap();
-    let passive = QueueDeclareOptions {
-        passive: true,
-        ..QueueDeclareOptions::default()
-    };
-    let declared = channel
-        .queue_declare(queue.into(), passive, FieldTable::default())
-        .await
-        .unwrap();
-    let _ = channel.close(200, "counted".into()).await;
-    declared.message_count()
-}
-
 #[tokio::test]
 async fn the_broker_refuses_a_worker_publishing_another_services_command() {
     let broker = Broker::with(&[Role::Payment]).await;
@@ -172,9 +158,9 @@ async fn the_broker_refuses_a_worker_publishing_another_services_command() {
     ));
 
     let admin = testkit::admin_bus(&broker.vhost, "test-admin").await;
-    assert_eq!(ready_messages(&admin, "order.commands").await, 0);
-    assert_eq!(ready_messages(&admin, "payment.commands").await, 0);
-    assert_eq!(ready_messages(&admin, "saga.replies").await, 1);
+    assert_eq!(testkit::ready_messages(&admin, "order.commands").await, 0);
+    assert_eq!(testkit::ready_messages(&admin, "payment.commands").await, 0);
+    assert_eq!(testkit::ready_messages(&admin, "saga.replies").await, 1);
     admin.close().await;
     payment.close().await;
     broker.drop().await;
@@ -414,7 +400,10 @@ async fn a_command_put_straight_into_another_services_queue_is_parked_unhandled(
         || handled.count() == 2,
     )
     .await;
-    assert_eq!(ready_messages(&admin, "order.commands.dead").await, 0);
+    assert_eq!(
+        testkit::ready_messages(&admin, "order.commands.dead").await,
+        0
+    );
 
     stop.cancel();
     consumer.await.unwrap().unwrap();

@@ -214,6 +214,21 @@ pub async fn next_delivery(bus: &Bus, queue: &str, timeout: Duration) -> Deliver
     delivery
 }
 
+/// Messages waiting (not yet delivered) in a queue, by a passive declare.
+pub async fn ready_messages(bus: &Bus, queue: &str) -> u32 {
+    let channel = bus.channel().await.expect("a channel");
+    let passive = lapin::options::QueueDeclareOptions {
+        passive: true,
+        ..Default::default()
+    };
+    let declared = channel
+        .queue_declare(queue.into(), passive, FieldTable::default())
+        .await
+        .expect("the queue exists");
+    let _ = channel.close(200, "counted".into()).await;
+    declared.message_count()
+}
+
 /// Closes, through the management API, every connection named `name`; waits until the API
 /// lists at least one (the statistics it lists them from lag a few seconds).
 pub async fn close_connections(name: &str) -> usize {

@@ -12,8 +12,7 @@ use std::time::Duration;
 use bus::{Bus, BusSettings, Outgoing, Publisher, amqp};
 use contracts::messages::AccountSetBalance;
 use contracts::{Envelope, routing};
-use lapin::options::{BasicGetOptions, BasicRejectOptions, QueueDeclareOptions};
-use lapin::types::FieldTable;
+use lapin::options::{BasicGetOptions, BasicRejectOptions};
 use serde_json::{Value, json};
 use support::System;
 use uuid::Uuid;
@@ -172,21 +171,6 @@ async fn dead_letter_by_broker(bus: &Bus, publisher: &Publisher, envelope: &Enve
         .await
         .unwrap();
     channel.close(200, "done".into()).await.unwrap();
-}
-
-/// Messages waiting (not yet delivered) in a queue.
-async fn ready(bus: &Bus, queue: &str) -> u32 {
-    let channel = bus.channel().await.unwrap();
-    let passive = QueueDeclareOptions {
-        passive: true,
-        ..QueueDeclareOptions::default()
-    };
-    let declared = channel
-        .queue_declare(queue.into(), passive, FieldTable::default())
-        .await
-        .unwrap();
-    channel.close(200, "done".into()).await.unwrap();
-    declared.message_count()
 }
 
 #[tokio::test]
@@ -416,7 +400,7 @@ async fn parked_messages_are_listed_shown_redriven_once_and_purged() {
     // falsely.
     system
         .until("the replayed message to be delivered", || async {
-            ready(&bus, "payment.commands").await == 0
+            testkit::ready_messages(&bus, "payment.commands").await == 0
         })
         .await;
     publisher
