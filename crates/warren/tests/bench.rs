@@ -57,6 +57,27 @@ async fn the_bench_runs_every_checkout_through_the_gateway_and_reports_figures()
         "{results:#}"
     );
     assert_eq!(results["history"]["finished_sagas"], 0);
+    // What a saga cost, read from this machine's processes and the servers' own counters
+    // (the broker's are node-wide, so other tests' messages only add to them).
+    let cost = &results["cost"];
+    for part in ["PostgreSQL", "RabbitMQ", "all"] {
+        assert!(
+            cost["cpu_ms_per_saga"][part].as_f64().unwrap() > 0.0,
+            "{part}: {cost:#}"
+        );
+    }
+    assert!(
+        cost["commits_per_saga"].as_f64().unwrap() >= 1.0,
+        "{cost:#}"
+    );
+    assert!(
+        cost["wal_bytes_per_saga"].as_f64().unwrap() > 0.0,
+        "{cost:#}"
+    );
+    // A start, four commands and four replies at the least.
+    let published = cost["broker_published_per_saga"].as_f64().unwrap();
+    assert!(published >= 9.0, "{cost:#}");
+    assert!(cost["broker_enqueued_per_saga"].as_f64().unwrap() >= published);
     let sagas: i64 = sqlx::query_scalar("SELECT count(*) FROM sagas.sagas")
         .fetch_one(&system.pool)
         .await

@@ -6,34 +6,38 @@
 //! through the gateway or straight to the broker, and learns that a saga ended from the
 //! `saga.evt.updated` events, as the gateway's live streams do. Then it checks the invariants
 //! and measures the broker floor: confirmed, persistent publish-and-consume on a quorum queue.
+//! Next to the figures it says what a saga cost: CPU per process, database commits and broker
+//! messages per saga ([`cost`]).
+//!
+//! Modules: [`track`] follows the sagas, [`floor`] measures the broker alone, [`cost`] reads
+//! the counters, [`report`] prints.
+
+mod cost;
+mod floor;
+mod report;
+mod track;
 
 use std::collections::HashMap;
 use std::io::IsTerminal;
-use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex, PoisonError};
+use std::sync::{Arc, PoisonError};
 use std::time::Duration;
 
 use anyhow::Context;
 use bus::{Bus, Outgoing, Publisher};
 use clap::{Args, ValueEnum};
-use contracts::messages::{AccountSetBalance, ProductUpsert, SagaStart, SagaUpdated};
-use contracts::{Envelope, Message, routing};
-use futures_util::StreamExt;
+use contracts::Envelope;
+use contracts::messages::{AccountSetBalance, ProductUpsert, SagaStart};
 use indicatif::{ProgressBar, ProgressStyle};
-use lapin::options::{
-    BasicAckOptions, BasicCancelOptions, BasicConsumeOptions, BasicQosOptions, QueueDeclareOptions,
-    QueueDeleteOptions,
-};
-use lapin::types::{AMQPValue, FieldTable, LongString};
 use serde::Serialize;
 use serde_json::json;
 use sqlx::PgPool;
-use tokio::sync::{Notify, Semaphore};
 use tokio::time::Instant;
 use uuid::Uuid;
 
+use self::cost::{Cost, Snapshot};
+use self::track::Tracker;
 use crate::history::{self, Grown};
-use crate::output::{self, paint};
+use crate::output;
 use crate::settings::Settings;
 use crate::verify::{self, Report};
 use crate::{broker, exit};
@@ -68,6 +72,13 @@ pub struct BenchArgs {
     /// Give up waiting for the sagas after this long, e.g. `300s`.
     #[arg(long, value_parser = saga::duration::parse, default_value = "300s")]
     timeout: Duration,
+    /// RabbitMQ's Prometheus endpoint, for the broker's message counts.
+    #[arg(
+        long,
+        env = "WARREN_RABBITMQ_PROMETHEUS_URL",
+        default_value = "http://127.0.0.1:15692"
+    )]
+    prometheus_url: String,
     /// First grow the tables to at least this many finished sagas (copies of finished ones),
     /// to measure throughput with a long history.
     #[arg(long, value_name = "SAGAS")]
@@ -121,7 +132,7 @@ pub async fn execute(
     if json {
         output::json(&results)?;
     } else {
-        print(&results);
+        report::print(&results);
     }
     Ok(if results.invariants.holds && results.timed_out == 0 {
         std::process::ExitCode::SUCCESS
@@ -146,6 +157,8 @@ struct Results {
     saga_messages_per_second: f64,
     /// Saga messages per second over the broker floor (the target: at least 0.5).
     saga_to_floor_ratio: Option<f64>,
+    /// What the run cost per saga: CPU by process, commits, WAL, broker messages.
+    cost: Cost,
     /// Finished sagas in the tables when the run started.
     history: Grown,
     invariants: Report,
@@ -188,7 +201,7 @@ async fn bench(bus: &Bus, pool: &PgPool, args: &BenchArgs, json: bool) -> anyhow
         .count();
 
     let tracker = Arc::new(Tracker::new(args.checkouts, args.concurrency));
-    let events = tokio::spawn(follow(bus.clone(), Arc::clone(&tracker)).await?);
+    let events = tokio::spawn(track::follow(bus.clone(), Arc::clone(&tracker)).await?);
     let progress = if json || !std::io::stderr().is_terminal() {
         ProgressBar::hidden()
     } else {
@@ -216,6 +229,7 @@ async fn bench(bus: &Bus, pool: &PgPool, args: &BenchArgs, json: bool) -> anyhow
         .default_headers(headers)
         .build()
         .context("building the HTTP client")?;
+    let before = Snapshot::take(pool, &args.prometheus_url).await;
     let started = Instant::now();
     let mut ticks = args.rate.map(|rate| {
         let mut ticks = tokio::time::interval(Duration::from_secs_f64(1.0 / rate));
@@ -252,6 +266,8 @@ async fn bench(bus: &Bus, pool: &PgPool, args: &BenchArgs, json: bool) -> anyhow
         });
     }
     let all_ended = tokio::time::timeout(args.timeout, tracker.all_ended()).await;
+    let after = Snapshot::without_database(&args.prometheus_url).await;
+    let finished = Instant::now();
     let elapsed = tracker.last_end().unwrap_or_else(Instant::now) - started;
     progress.finish_and_clear();
     events.abort();
@@ -273,8 +289,11 @@ async fn bench(bus: &Bus, pool: &PgPool, args: &BenchArgs, json: bool) -> anyhow
     let invariants = verify::settle(pool, Some(bus), Duration::from_secs(30)).await?;
     let saga_messages_per_second =
         saga_messages(pool, &run).await? as f64 / elapsed.as_secs_f64().max(f64::EPSILON);
+    // The invariant check's few queries count as well; the floor's messages must not.
+    tokio::time::sleep_until(finished + cost::PG_STATS_LAG).await;
+    let cost = before.cost(&after.with_database(pool).await, ended);
     let floor = if args.floor_messages > 0 {
-        Some(broker_floor(bus, &run, args.floor_messages).await?)
+        Some(floor::broker_floor(bus, &run, args.floor_messages).await?)
     } else {
         None
     };
@@ -294,6 +313,7 @@ async fn bench(bus: &Bus, pool: &PgPool, args: &BenchArgs, json: bool) -> anyhow
         broker_floor_messages_per_second: floor,
         saga_messages_per_second,
         saga_to_floor_ratio: floor.map(|floor| saga_messages_per_second / floor),
+        cost,
         history,
         invariants,
     })
@@ -409,301 +429,6 @@ async fn post_checkout(
         .as_str()
         .and_then(|id| id.parse().ok())
         .context("the gateway's answer has no saga_id")
-}
-
-/// What the bench knows about the sagas it started.
-struct Tracker {
-    total: usize,
-    slots: Semaphore,
-    state: Mutex<Tracked>,
-    ended: AtomicUsize,
-    all: Notify,
-    progress: Mutex<Option<ProgressBar>>,
-}
-
-#[derive(Default)]
-struct Tracked {
-    under_way: HashMap<Uuid, Instant>,
-    /// Ends heard before the gateway's answer named the saga.
-    early: HashMap<Uuid, (Instant, String)>,
-    latencies: Vec<Duration>,
-    outcomes: HashMap<String, usize>,
-    errors: Vec<String>,
-    last_end: Option<Instant>,
-}
-
-impl Tracker {
-    fn new(total: usize, concurrency: usize) -> Self {
-        Self {
-            total,
-            slots: Semaphore::new(concurrency),
-            state: Mutex::new(Tracked::default()),
-            ended: AtomicUsize::new(0),
-            all: Notify::new(),
-            progress: Mutex::new(None),
-        }
-    }
-
-    fn lock(&self) -> std::sync::MutexGuard<'_, Tracked> {
-        self.state.lock().unwrap_or_else(PoisonError::into_inner)
-    }
-
-    fn submitted(&self, saga_id: Uuid, at: Instant) {
-        let early = {
-            let mut state = self.lock();
-            match state.early.remove(&saga_id) {
-                Some(early) => Some(early),
-                None => {
-                    state.under_way.insert(saga_id, at);
-                    None
-                }
-            }
-        };
-        if let Some((ended, outcome)) = early {
-            self.record(ended - at, outcome, ended);
-        }
-    }
-
-    fn ended(&self, saga_id: Uuid, outcome: String, at: Instant) {
-        let started = {
-            let mut state = self.lock();
-            let started = state.under_way.remove(&saga_id);
-            if started.is_none() {
-                state.early.insert(saga_id, (at, outcome.clone()));
-            }
-            started
-        };
-        if let Some(started) = started {
-            self.record(at - started, outcome, at);
-        }
-    }
-
-    fn failed_submission(&self, error: &anyhow::Error) {
-        self.lock().errors.push(format!("{error:#}"));
-        self.count_one();
-    }
-
-    fn record(&self, latency: Duration, outcome: String, at: Instant) {
-        {
-            let mut state = self.lock();
-            state.latencies.push(latency);
-            *state.outcomes.entry(outcome).or_default() += 1;
-            state.last_end = Some(at);
-        }
-        if let Some(progress) = &*self.progress.lock().unwrap_or_else(PoisonError::into_inner) {
-            progress.inc(1);
-        }
-        self.count_one();
-    }
-
-    fn count_one(&self) {
-        self.slots.add_permits(1);
-        if self.ended.fetch_add(1, Ordering::SeqCst) + 1 >= self.total {
-            self.all.notify_one();
-        }
-    }
-
-    async fn all_ended(&self) {
-        while self.ended.load(Ordering::SeqCst) < self.total {
-            self.all.notified().await;
-        }
-    }
-
-    fn last_end(&self) -> Option<Instant> {
-        self.lock().last_end
-    }
-
-    fn results(&self) -> (Vec<Duration>, HashMap<String, usize>, Vec<String>) {
-        let state = self.lock();
-        (
-            state.latencies.clone(),
-            state.outcomes.clone(),
-            state.errors.clone(),
-        )
-    }
-}
-
-/// Subscribes to saga events (before anything is submitted) and returns the task that reads
-/// them.
-async fn follow(
-    bus: Bus,
-    tracker: Arc<Tracker>,
-) -> anyhow::Result<impl std::future::Future<Output = ()>> {
-    let (channel, mut events) = bus
-        .watch("bench", routing::EXCHANGE, &[SagaUpdated::TYPE])
-        .await?;
-    Ok(async move {
-        let _channel = channel;
-        while let Some(Ok(delivery)) = events.next().await {
-            let at = Instant::now();
-            let Ok(envelope) = bus::amqp::decode(&delivery.properties, &delivery.data) else {
-                continue;
-            };
-            let Ok(event) = envelope.decode::<SagaUpdated>() else {
-                continue;
-            };
-            if matches!(
-                event.view.state.as_str(),
-                "completed" | "compensated" | "failed"
-            ) {
-                tracker.ended(event.view.saga_id, event.view.state, at);
-            }
-        }
-    })
-}
-
-/// Confirmed, persistent publish-and-consume with acks through a quorum queue of its own:
-/// messages per second, from the first publish to the last ack.
-async fn broker_floor(bus: &Bus, run: &str, messages: usize) -> anyhow::Result<f64> {
-    let queue = format!("warren.bench.{run}.floor");
-    let channel = bus.channel().await?;
-    let mut arguments = FieldTable::default();
-    arguments.insert(
-        "x-queue-type".into(),
-        AMQPValue::LongString(LongString::from(b"quorum".to_vec())),
-    );
-    channel
-        .queue_declare(
-            queue.as_str().into(),
-            QueueDeclareOptions {
-                durable: true,
-                ..QueueDeclareOptions::default()
-            },
-            arguments,
-        )
-        .await?;
-    channel.basic_qos(500, BasicQosOptions::default()).await?;
-    let mut deliveries = channel
-        .basic_consume(
-            queue.as_str().into(),
-            "warren-bench-floor".into(),
-            BasicConsumeOptions::default(),
-            FieldTable::default(),
-        )
-        .await?;
-    let publisher = bus.publisher().await?;
-    let started = Instant::now();
-    let consumed = tokio::spawn(async move {
-        let mut count = 0;
-        while count < messages {
-            let Some(Ok(delivery)) = deliveries.next().await else {
-                break;
-            };
-            delivery.ack(BasicAckOptions::default()).await?;
-            count += 1;
-        }
-        anyhow::Ok(count)
-    });
-    let body = vec![b'x'; 512];
-    let mut left = messages;
-    while left > 0 {
-        let batch: Vec<Outgoing> = (0..left.min(500))
-            .map(|_| {
-                let envelope = Envelope::raw("bench", "bench.floor", json!({}));
-                let mut message = Outgoing::to("", &queue, &envelope);
-                message.body.clone_from(&body);
-                message
-            })
-            .collect();
-        left -= batch.len();
-        for result in publisher.send_all(&batch).await {
-            result.context("publishing to the floor queue")?;
-        }
-    }
-    let count = tokio::time::timeout(Duration::from_secs(120), consumed)
-        .await
-        .context("the floor queue did not drain within 120 s")???;
-    let elapsed = started.elapsed();
-    // Cancel before deleting: RabbitMQ 3.10 crashes the channel (and closes the connection
-    // with INTERNAL_ERROR) on a cancel that arrives after its quorum queue was deleted.
-    let _ = channel
-        .basic_cancel("warren-bench-floor".into(), BasicCancelOptions::default())
-        .await;
-    let _ = channel
-        .queue_delete(queue.as_str().into(), QueueDeleteOptions::default())
-        .await;
-    let _ = channel.close(200, "bench done".into()).await;
-    Ok(count as f64 / elapsed.as_secs_f64())
-}
-
-fn print(results: &Results) {
-    let outcome = |name: &str| results.outcomes.get(name).copied().unwrap_or(0);
-    println!(
-        "warren bench: {} checkouts via {}, {}, {:.0}% declined\n",
-        results.checkouts,
-        match results.via {
-            Via::Broker => "the broker",
-            Via::Http => "the HTTP gateway",
-        },
-        results.mode,
-        results.decline_share * 100.0
-    );
-    println!(
-        "  throughput     {} sagas/s ({} ended in {:.2} s)",
-        paint(&format!("{:.1}", results.sagas_per_second), "bold"),
-        results.outcomes.values().sum::<usize>(),
-        results.elapsed_seconds
-    );
-    let l = &results.latency_ms;
-    println!(
-        "  latency        p50 {:.1} ms  p90 {:.1} ms  p99 {:.1} ms  max {:.1} ms",
-        l.p50, l.p90, l.p99, l.max
-    );
-    println!(
-        "  outcomes       {} completed, {} compensated, {} failed{}",
-        outcome("completed"),
-        outcome("compensated"),
-        outcome("failed"),
-        if results.timed_out > 0 {
-            paint(&format!(", {} never ended", results.timed_out), "red")
-        } else {
-            String::new()
-        }
-    );
-    if let (Some(floor), Some(ratio)) = (
-        results.broker_floor_messages_per_second,
-        results.saga_to_floor_ratio,
-    ) {
-        println!(
-            "  saga messages  {:.0} msg/s",
-            results.saga_messages_per_second
-        );
-        println!(
-            "  broker floor   {floor:.0} msg/s (confirmed persistent publish + acked consume, quorum queue)"
-        );
-        println!("  ratio          {ratio:.2} of the broker floor");
-    }
-    println!(
-        "  history        {} finished sagas in the tables{}",
-        results.history.finished_sagas,
-        if results.history.added > 0 {
-            format!(
-                " ({} copied in {:.0} s)",
-                results.history.added,
-                results.history.took.as_secs_f64()
-            )
-        } else {
-            String::new()
-        }
-    );
-    let report = &results.invariants;
-    let broken: Vec<&str> = report
-        .checks
-        .iter()
-        .filter(|c| !c.holds)
-        .map(|c| c.name)
-        .collect();
-    if broken.is_empty() {
-        println!(
-            "  invariants     {}",
-            paint(&format!("all {} hold", report.checks.len()), "green")
-        );
-    } else {
-        println!(
-            "  invariants     {} (see `warren chaos verify`)",
-            paint(&format!("broken: {}", broken.join(", ")), "red")
-        );
-    }
 }
 
 #[cfg(test)]
