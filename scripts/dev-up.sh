@@ -22,6 +22,15 @@ WARREN_DATABASE_URL="${WARREN_DATABASE_URL:-postgres://postgres:postgres@$PG_HOS
   "$BIN" migrate
 ensure_db_roles
 as_operator "$BIN" topology apply
+# The audit tap copies every message into warren.audit for watching in the management UI, at
+# about the broker's cost of the message itself: off unless WARREN_AUDIT=on.
+if [ "${WARREN_AUDIT:-off}" = on ]; then
+  as_operator "$BIN" topology audit on
+  AUDIT_STATE="tapped: a copy of every message; scripts/operator.sh topology audit off stops it"
+else
+  as_operator "$BIN" topology audit off >/dev/null
+  AUDIT_STATE="not tapped; scripts/operator.sh topology audit on (or WARREN_AUDIT=on) copies every message in"
+fi
 
 ready() { curl -sf "http://$WARREN_HTTP_ADDR/readyz"; }
 if [ -f "$STATE/warren.pid" ] || component_running gateway; then
@@ -59,7 +68,7 @@ Warren is up.
                    $TOKEN
   RabbitMQ UI      $MANAGEMENT_URL  (warren-operator, password in .warren/secrets/rabbitmq/warren-operator; vhost "warren")
   Operator CLI     scripts/operator.sh <warren command>  (e.g. dlq list: as the operator's broker user and database role)
-  Audit queue      $MANAGEMENT_URL/#/queues/warren/warren.audit
+  Audit queue      $MANAGEMENT_URL/#/queues/warren/warren.audit  ($AUDIT_STATE)
   Metrics          each process (also /healthz and /readyz):$metrics_urls
   RabbitMQ metrics $RABBITMQ_PROMETHEUS_URL/metrics
                    $RABBITMQ_PROMETHEUS_URL/metrics/detailed?vhost=warren&family=queue_coarse_metrics  (per queue)

@@ -2,12 +2,14 @@
 //! is the JSON payload.
 
 use chrono::{DateTime, Utc};
+use contracts::messages::Delivery;
 use contracts::{Envelope, routing};
 use lapin::BasicProperties;
 use lapin::types::{AMQPValue, FieldTable, LongString, ShortString};
 use uuid::Uuid;
 
 const PERSISTENT: u8 = 2;
+const TRANSIENT: u8 = 1;
 const JSON: &str = "application/json";
 
 /// Why a delivery is not a Warren message. Such a delivery is parked, never retried.
@@ -26,7 +28,8 @@ pub enum DecodeError {
     Body(String),
 }
 
-/// AMQP properties for a message: persistent, JSON, identity in the standard properties.
+/// AMQP properties for a message: persistent (transient for [`Delivery::Live`] types), JSON,
+/// identity in the standard properties.
 pub fn properties(envelope: &Envelope) -> BasicProperties {
     let mut headers = FieldTable::default();
     if let Some(causation) = envelope.causation_id {
@@ -55,12 +58,21 @@ pub fn properties(envelope: &Envelope) -> BasicProperties {
         .with_app_id(envelope.producer.as_str().into())
         .with_timestamp(u64::try_from(envelope.timestamp.timestamp()).unwrap_or_default())
         .with_content_type(JSON.into())
-        .with_delivery_mode(PERSISTENT)
+        .with_delivery_mode(match envelope.delivery() {
+            Delivery::Durable => PERSISTENT,
+            Delivery::Live => TRANSIENT,
+        })
         .with_headers(headers);
     if let Some(correlation) = envelope.correlation_id {
         properties = properties.with_correlation_id(correlation.to_string().into());
     }
     properties
+}
+
+/// Whether a message is published `mandatory`: all but transient ones, which feed live views
+/// that may have no listener at the moment.
+pub fn is_mandatory(properties: &BasicProperties) -> bool {
+    *properties.delivery_mode() != Some(TRANSIENT)
 }
 
 /// The JSON body of a message.
@@ -207,7 +219,16 @@ mod tests {
     fn messages_are_persistent_json() {
         let properties = properties(&envelope());
         assert_eq!(*properties.delivery_mode(), Some(PERSISTENT));
+        assert!(is_mandatory(&properties));
         assert_eq!(properties.content_type().as_ref().unwrap().as_str(), JSON);
+    }
+
+    #[test]
+    fn live_messages_are_transient_and_not_mandatory() {
+        let live = Envelope::raw("orchestrator", "saga.evt.updated", serde_json::json!({}));
+        let properties = properties(&live);
+        assert_eq!(*properties.delivery_mode(), Some(TRANSIENT));
+        assert!(!is_mandatory(&properties));
     }
 
     #[test]

@@ -1,5 +1,7 @@
 //! Confirmed publishing. A message counts as sent only when the broker confirmed it (`ack`)
 //! and did not return it as unroutable; anything else is an error the caller sees and acts on.
+//! (A transient message, which feeds live views, is not `mandatory`: with no view listening
+//! the broker drops it, and that is no error.)
 //! After a connection failure the channel is recovered and the message re-sent, so a consumer
 //! may see it twice; inboxes absorb that.
 
@@ -15,11 +17,6 @@ use crate::{PublishError, amqp};
 
 /// How many connection recoveries one publish call waits through before giving up.
 const MAX_RECOVERIES: usize = 8;
-
-const MANDATORY: BasicPublishOptions = BasicPublishOptions {
-    mandatory: true,
-    immediate: false,
-};
 
 /// A channel in confirm mode. Cheap to clone; clones share the channel.
 #[derive(Clone)]
@@ -102,7 +99,10 @@ impl Publisher {
                     .basic_publish(
                         message.exchange.as_str().into(),
                         message.routing_key.as_str().into(),
-                        MANDATORY,
+                        BasicPublishOptions {
+                            mandatory: amqp::is_mandatory(&message.properties),
+                            immediate: false,
+                        },
                         &message.body,
                         message.properties.clone(),
                     )

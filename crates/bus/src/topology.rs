@@ -31,6 +31,8 @@ use crate::{Bus, BusError, RetryPolicy};
 pub const DEFAULT_DELIVERY_LIMIT: u32 = 10;
 /// How many messages the audit queue keeps before dropping the oldest.
 pub const AUDIT_MAX_LENGTH: u32 = 10_000;
+/// The audit queue's binding key on `warren` while it is tapped: everything.
+pub const AUDIT_KEY: &str = "#";
 /// How long a query may wait in its queue: its requester gave up long before.
 pub const QUERY_TTL: Duration = Duration::from_secs(10);
 /// How many queries may wait in one queue; beyond that, requests are refused at once.
@@ -97,7 +99,9 @@ pub struct Topology {
     pub consumers: Vec<ConsumerQueue>,
     /// Query queues (`<service>.queries`), reached through the default exchange.
     pub queries: Vec<String>,
-    /// The capped `warren.audit` queue bound with `#`; tests leave it out.
+    /// The capped `warren.audit` queue; tests leave it out. It is bound (with `#`, a copy of
+    /// every message) only while an operator taps it ([`Topology::tap_audit`]): each copy
+    /// costs the broker as much again as the message's own queue.
     pub audit: bool,
 }
 
@@ -312,14 +316,29 @@ impl Topology {
                 });
             }
         }
-        if self.audit {
-            bindings.push(BindingSpec {
-                exchange: routing::EXCHANGE,
-                queue: routing::AUDIT_QUEUE.into(),
-                key: "#".into(),
-            });
-        }
         bindings
+    }
+
+    /// Binds the audit queue to every message on `warren` (`on`) or unbinds it. Idempotent.
+    pub async fn tap_audit(channel: &Channel, on: bool) -> Result<(), BusError> {
+        let (queue, exchange) = (routing::AUDIT_QUEUE.into(), routing::EXCHANGE.into());
+        if on {
+            channel
+                .queue_bind(
+                    queue,
+                    exchange,
+                    AUDIT_KEY.into(),
+                    QueueBindOptions::default(),
+                    FieldTable::default(),
+                )
+                .await
+                .map_err(BusError::amqp("queue.bind"))
+        } else {
+            channel
+                .queue_unbind(queue, exchange, AUDIT_KEY.into(), FieldTable::default())
+                .await
+                .map_err(BusError::amqp("queue.unbind"))
+        }
     }
 
     /// Declares everything on the broker. Idempotent; fails if a queue exists with other
@@ -513,6 +532,8 @@ pub fn topic_matches(pattern: &str, key: &str) -> bool {
 mod tests {
     use super::*;
 
+    use contracts::messages::Delivery;
+
     #[test]
     fn topic_patterns_match_like_rabbitmq() {
         assert!(topic_matches("order.cmd.*", "order.cmd.create"));
@@ -525,15 +546,31 @@ mod tests {
 
     #[test]
     fn every_command_reaches_a_consumer() {
-        // The audit queue makes every key routable on `warren`, so a misspelt routing key
-        // would never come back as unroutable: this check is what catches it. (Events may
-        // have no consumer: people watch them.)
+        // While the audit queue is tapped every key is routable on `warren`, so a misspelt
+        // routing key would not come back as unroutable: this check catches it regardless.
+        // (Live events may have no consumer: people watch them.)
         let topology = Topology::standard();
         let schemas = contracts::Schemas::embedded();
         for message_type in schemas.types().filter(|t| t.contains(".cmd.")) {
             assert!(
                 !topology.routes(message_type).is_empty(),
                 "{message_type} reaches no consumer queue"
+            );
+        }
+    }
+
+    #[test]
+    fn an_event_is_live_exactly_when_no_consumer_queue_takes_it() {
+        // Live events are transient and not `mandatory` (contracts::messages::Delivery): one
+        // that a consumer depended on could be lost, and a durable one that no queue takes
+        // would come back unroutable and wait in its outbox for ever.
+        let topology = Topology::standard();
+        for message_type in contracts::Schemas::embedded().types() {
+            let consumed = !topology.routes(message_type).is_empty();
+            let live = contracts::messages::delivery(message_type) == Delivery::Live;
+            assert!(
+                consumed != live,
+                "{message_type}: consumed {consumed}, live {live}"
             );
         }
     }

@@ -93,6 +93,11 @@ impl Envelope {
         }
     }
 
+    /// How this message travels ([`crate::messages::delivery`] of its type).
+    pub fn delivery(&self) -> crate::messages::Delivery {
+        crate::messages::delivery(&self.message_type)
+    }
+
     /// The trace id of its `traceparent`, when it carries a valid one.
     pub fn trace_id(&self) -> Option<String> {
         self.traceparent

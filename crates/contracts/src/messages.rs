@@ -14,6 +14,40 @@ pub trait Message: Serialize + DeserializeOwned {
     const SCHEMA_VERSION: u32 = 1;
 }
 
+/// How a message travels.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Delivery {
+    /// Persistent, confirmed and `mandatory`, through the sender's outbox: every message an
+    /// effect, a compensation or an invariant depends on.
+    Durable,
+    /// Transient and not `mandatory`, handed to the publisher after the commit that caused it
+    /// and never stored in an outbox: at most once, lost if the process or the broker stops
+    /// first. Only for live views (the gateway's event streams, `/ui`, `warren bench`), which
+    /// start from a snapshot read from the owner and so recover from a missed event.
+    Live,
+}
+
+/// The message types that travel [`Delivery::Live`]: the events only people and views watch
+/// (no consumer queue binds them; a test in `bus::topology` checks both ways). Every other
+/// type is durable.
+pub const LIVE: &[&str] = &[
+    SagaUpdated::TYPE,
+    NotificationCreated::TYPE,
+    ImageProcessingStarted::TYPE,
+    ImageVariantDone::TYPE,
+    ProductUpserted::TYPE,
+    AccountBalanceSet::TYPE,
+];
+
+/// How messages of this type travel.
+pub fn delivery(message_type: &str) -> Delivery {
+    if LIVE.contains(&message_type) {
+        Delivery::Live
+    } else {
+        Delivery::Durable
+    }
+}
+
 macro_rules! message {
     ($type:ty, $key:literal) => {
         impl Message for $type {
@@ -157,7 +191,8 @@ pub struct SagaView {
     pub version: i64,
 }
 
-/// Published on every saga transition: the saga after it, and what happened.
+/// Published on every saga transition: the saga after it, and what happened. Travels
+/// [`Delivery::Live`]: it feeds views, never an effect.
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct SagaUpdated {
     #[serde(flatten)]

@@ -51,10 +51,10 @@ impl Outbox {
 
     /// Adds messages that the caller hands to its relay after the commit
     /// ([`crate::relay::Handoff`]): no relay claims them before `lease` has passed.
-    pub async fn write_leased(
+    pub async fn write_leased<'m>(
         &self,
         tx: &mut PgConnection,
-        messages: &[Envelope],
+        messages: impl IntoIterator<Item = &'m Envelope>,
         lease: Duration,
     ) -> Result<(), sqlx::Error> {
         self.insert(tx, routing::EXCHANGE, messages, lease).await
@@ -70,16 +70,13 @@ impl Outbox {
         self.insert(tx, exchange, messages, Duration::ZERO).await
     }
 
-    async fn insert(
+    async fn insert<'m>(
         &self,
         tx: &mut PgConnection,
         exchange: &str,
-        messages: &[Envelope],
+        messages: impl IntoIterator<Item = &'m Envelope>,
         lease: Duration,
     ) -> Result<(), sqlx::Error> {
-        if messages.is_empty() {
-            return Ok(());
-        }
         let mut rows = Columns::default();
         for m in messages {
             rows.message_id.push(m.message_id);
@@ -95,6 +92,9 @@ impl Outbox {
             rows.payload.push(m.payload.clone());
             rows.created_at.push(m.timestamp);
             rows.step.push(m.step.clone());
+        }
+        if rows.message_id.is_empty() {
+            return Ok(());
         }
         sqlx::query(AssertSqlSafe(self.insert.clone()))
             .bind(rows.message_id)

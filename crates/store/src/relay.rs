@@ -16,6 +16,7 @@
 //! A row the broker refuses keeps its place, records the error, and waits a growing back-off so
 //! it never blocks the rows behind it.
 
+use std::collections::HashSet;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -23,6 +24,7 @@ use bus::chaos::{Fate, Faults};
 use bus::{Outgoing, PublishError, Publisher};
 use chrono::{DateTime, Utc};
 use contracts::Envelope;
+use contracts::messages::Delivery;
 use sqlx::postgres::PgListener;
 use sqlx::{AssertSqlSafe, PgConnection, PgPool};
 use tokio::sync::{Semaphore, mpsc};
@@ -305,14 +307,23 @@ impl Relay {
     }
 
     /// Publishes handed-off messages and passes the confirmed ids to the marker; refused rows
-    /// are backed off like claimed ones.
+    /// are backed off like claimed ones. Live messages have no row: whatever becomes of them
+    /// is only logged.
     async fn publish_handed(&self, handed: Vec<Envelope>, marks: mpsc::UnboundedSender<Vec<Uuid>>) {
         let mut batch = Batch::default();
+        let mut live = HashSet::new();
         for message in handed {
+            if message.delivery() == Delivery::Live {
+                live.insert(message.message_id);
+            }
             let outgoing = Outgoing::event(&message);
             batch.push(message.message_id, message.message_type, outgoing);
         }
-        let (published, refused) = self.publish(&batch).await;
+        let (mut published, mut refused) = self.publish(&batch).await;
+        if !live.is_empty() {
+            published.retain(|id| !live.contains(id));
+            refused.retain(|(id, _)| !live.contains(id));
+        }
         if !published.is_empty() {
             let _ = marks.send(published);
         }

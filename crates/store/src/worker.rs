@@ -9,6 +9,9 @@
 //! Each message still gets its own answer, and an ack only after the commit that holds its
 //! effects. If any message of a group fails, the group is rolled back and each message runs
 //! again in a transaction of its own, so one bad message never takes others down with it.
+//!
+//! Live messages ([`Delivery::Live`], saga events that feed views) skip the outbox when there
+//! is a hand-off: they go to the relay with the rest after the commit, at most once.
 
 use std::collections::HashSet;
 use std::future::Future;
@@ -16,6 +19,7 @@ use std::sync::Mutex;
 
 use bus::HandlerError;
 use contracts::Envelope;
+use contracts::messages::Delivery;
 use sqlx::{PgConnection, PgPool};
 use tokio::sync::{Semaphore, oneshot};
 use tracing::debug;
@@ -211,13 +215,22 @@ impl<H: TxHandler> Transactional<H> {
         Ok(())
     }
 
+    /// Writes the outbox rows of what a transaction caused. With a hand-off, live messages
+    /// ([`Delivery::Live`]) get no row: they are handed over after the commit and published
+    /// at most once. Without one, everything goes through the outbox.
     async fn write_outbox(
         &self,
         tx: &mut PgConnection,
         caused: &[Envelope],
     ) -> Result<(), HandlerError> {
         let written = match &self.handoff {
-            Some(handoff) => self.outbox.write_leased(tx, caused, handoff.lease()).await,
+            Some(handoff) => {
+                let durable: Vec<&Envelope> = caused
+                    .iter()
+                    .filter(|m| m.delivery() == Delivery::Durable)
+                    .collect();
+                self.outbox.write_leased(tx, durable, handoff.lease()).await
+            }
             None => self.outbox.write(tx, caused).await,
         };
         Ok(written.map_err(StoreError::from)?)

@@ -1,4 +1,4 @@
-//! `warren topology apply|export`.
+//! `warren topology apply|audit|export|render`.
 
 use std::path::{Path, PathBuf};
 
@@ -16,6 +16,13 @@ pub enum TopologyCommand {
     /// Declare every exchange, queue and binding on the broker (idempotent). An operator's job:
     /// components only check the layout is there.
     Apply,
+    /// Tap the audit queue (`on`: bind `warren.audit` to every message on `warren`, so the
+    /// management UI can show them) or stop tapping it (`off`, the default). A copy of every
+    /// message costs the broker about as much again as the message itself.
+    Audit {
+        #[arg(value_enum)]
+        tap: Tap,
+    },
     /// Print the exchanges, queues and bindings, and the users and their permissions, as
     /// RabbitMQ definitions, or rewrite those sections of a definitions file in place.
     Export {
@@ -38,6 +45,12 @@ pub enum TopologyCommand {
         #[arg(long)]
         out: PathBuf,
     },
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum Tap {
+    On,
+    Off,
 }
 
 /// The sections of `rabbitmq/definitions.json` that come from the code.
@@ -84,6 +97,29 @@ pub async fn execute(settings: &Settings, command: TopologyCommand) -> anyhow::R
             println!(
                 "topology applied: {} consumer queues with parking and retry queues",
                 topology.consumers.len()
+            );
+        }
+        TopologyCommand::Audit { tap } => {
+            let bus = Bus::connect(&settings.bus("topology")).await?;
+            let channel = bus.channel().await?;
+            Topology::tap_audit(&channel, tap == Tap::On)
+                .await
+                .context(
+                    "binding the audit queue (as a user with every permission in the vhost)",
+                )?;
+            bus.close().await;
+            println!(
+                "{}",
+                match tap {
+                    Tap::On => format!(
+                        "{} now gets a copy of every message on {} (capped at {} messages); \
+                         `warren topology audit off` stops it",
+                        routing::AUDIT_QUEUE,
+                        routing::EXCHANGE,
+                        bus::topology::AUDIT_MAX_LENGTH
+                    ),
+                    Tap::Off => format!("{} is no longer tapped", routing::AUDIT_QUEUE),
+                }
             );
         }
         TopologyCommand::Export { into: None } => {
