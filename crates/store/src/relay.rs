@@ -55,6 +55,9 @@ pub struct RelaySettings {
     pub publishes_in_flight: usize,
 }
 
+/// How long the marker gathers confirmed ids before deleting their rows (far below any lease).
+const DELETE_LINGER: Duration = Duration::from_millis(200);
+
 /// How often a relay measures its backlog for the metrics.
 const BACKLOG_INTERVAL: Duration = Duration::from_secs(5);
 
@@ -534,6 +537,15 @@ async fn delete_published(
 ) {
     const MOST: usize = 5_000;
     while let Some(mut ids) = marked.recv().await {
+        // Confirmed ids trickle in one batch at a time when the load is light: gather them for
+        // a moment (far inside the lease) so one statement deletes many, not each its own
+        // commit. Nothing waits on the deletion; a crash meanwhile only republishes rows.
+        if ids.len() < MOST && !shutdown.is_cancelled() {
+            tokio::select! {
+                () = tokio::time::sleep(DELETE_LINGER) => {}
+                () = shutdown.cancelled() => {}
+            }
+        }
         while ids.len() < MOST {
             match marked.try_recv() {
                 Ok(more) => ids.extend(more),
