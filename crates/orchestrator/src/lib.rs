@@ -2,7 +2,8 @@
 //!
 //! - [`engine`]: every saga input (start, reply, timeout, operator action) as one transaction:
 //!   lock the saga row, apply the pure state machine, save the row, append to the saga's log,
-//!   write the commands and a `saga.evt.updated` event to the outbox, commit.
+//!   write the commands to the outbox, commit; the `saga.evt.updated` event (live: transient,
+//!   no outbox row on the hot path) is handed to the relay with them after the commit.
 //! - [`repo`]: the SQL of `sagas.sagas` and `sagas.saga_log`.
 //! - [`view`]: the saga as people see it.
 //! - [`sweeper`]: claims sagas whose deadline passed (`FOR UPDATE SKIP LOCKED`, so any number of
