@@ -59,12 +59,33 @@ pub async fn mint(key: &std::path::Path, subject: &str, scope: &str) -> String {
     ran.stdout.trim().to_owned()
 }
 
+/// A port for a child process to listen on that no other test holds. Tests run as processes of
+/// their own, all at once, and a port merely free now can be taken by another test's child
+/// before this test's child binds it (the child then fails to start, and a readiness probe may
+/// even reach the other one). So each port is claimed with a lock on a file named after it,
+/// held until this test process ends (the system drops it then, whatever way the test ends),
+/// and taken from below the kernel's ephemeral range, where no `bind(0)` or outgoing
+/// connection lands.
 pub fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
+    const FIRST: u16 = 20_000;
+    const COUNT: u16 = 12_000;
+    static HELD: std::sync::Mutex<Vec<std::fs::File>> = std::sync::Mutex::new(Vec::new());
+    let dir = std::env::temp_dir().join("warren-test-ports");
+    std::fs::create_dir_all(&dir).unwrap();
+    let start = u16::try_from(std::process::id() % u32::from(COUNT)).unwrap();
+    for offset in 0..COUNT {
+        let port = FIRST + (start + offset) % COUNT;
+        let claim = std::fs::File::create(dir.join(port.to_string())).unwrap();
+        if claim.try_lock().is_err() {
+            continue;
+        }
+        if std::net::TcpListener::bind(("127.0.0.1", port)).is_err() {
+            continue;
+        }
+        HELD.lock().unwrap().push(claim);
+        return port;
+    }
+    panic!("no free port between {FIRST} and {}", FIRST + COUNT);
 }
 
 impl System {
