@@ -235,6 +235,21 @@ pub async fn close_connections(name: &str) -> usize {
     close_connections_where(|c| c["client_properties"]["connection_name"] == name).await
 }
 
+/// A list from the management API (`path` such as `/api/bindings/<vhost>`), as guest.
+pub async fn management_get(path: &str) -> Vec<Value> {
+    reqwest::Client::new()
+        .get(format!("{}{path}", management_url()))
+        .basic_auth("guest", Some("guest"))
+        .send()
+        .await
+        .unwrap()
+        .error_for_status()
+        .unwrap()
+        .json()
+        .await
+        .unwrap()
+}
+
 /// Closes every connection to the virtual host `vhost`, as a network failure would.
 pub async fn close_vhost_connections(vhost: &str) -> usize {
     close_connections_where(|c| c["vhost"] == vhost).await
@@ -244,17 +259,7 @@ async fn close_connections_where(wanted: impl Fn(&Value) -> bool) -> usize {
     let client = reqwest::Client::new();
     let base = management_url();
     let list = || async {
-        let connections: Vec<Value> = client
-            .get(format!("{base}/api/connections"))
-            .basic_auth("guest", Some("guest"))
-            .send()
-            .await
-            .unwrap()
-            .error_for_status()
-            .unwrap()
-            .json()
-            .await
-            .unwrap();
+        let connections: Vec<Value> = management_get("/api/connections").await;
         connections
             .into_iter()
             .filter(|c| wanted(c))

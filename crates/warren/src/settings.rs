@@ -62,7 +62,7 @@ pub struct Settings {
     pub sagas_dir: Option<std::path::PathBuf>,
     /// Deliveries each consumer handles at once. Under load the deliveries that wait are what
     /// group commit puts into one transaction: 128 gave 235 checkouts/s against 174 at 32 on the
-    /// 2-core development machine (see the README's Performance section).
+    /// 2-core development machine (docs/performance.md).
     #[arg(long, global = true, env = "WARREN_PREFETCH", default_value_t = 128)]
     pub prefetch: u16,
     /// How often the orchestrator looks for sagas whose deadline passed.

@@ -82,20 +82,7 @@ async fn the_live_queue_is_bound_only_while_a_stream_is_open() {
 
 /// The routing keys the gateway's live queue is bound with, from the management API.
 async fn live_keys(vhost: &str) -> Vec<String> {
-    let bindings: Vec<serde_json::Value> = reqwest::Client::new()
-        .get(format!(
-            "{}/api/bindings/{vhost}",
-            testkit::management_url()
-        ))
-        .basic_auth("guest", Some("guest"))
-        .send()
-        .await
-        .unwrap()
-        .error_for_status()
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let bindings = testkit::management_get(&format!("/api/bindings/{vhost}")).await;
     bindings
         .iter()
         .filter(|b| {
