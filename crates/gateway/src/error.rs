@@ -126,12 +126,6 @@ impl From<RpcError> for ApiError {
     }
 }
 
-impl From<bus::BusError> for ApiError {
-    fn from(error: bus::BusError) -> Self {
-        Self::Unavailable(format!("the broker did not answer: {error}"))
-    }
-}
-
 impl From<bus::PublishError> for ApiError {
     fn from(error: bus::PublishError) -> Self {
         Self::Unavailable(format!(
