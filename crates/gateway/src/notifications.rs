@@ -62,7 +62,7 @@ pub async fn stream(
 ) -> Result<Sse<impl Stream<Item = Result<Event, Infallible>>>, ApiError> {
     // A customer's stream carries its own notifications only.
     let customer = principal.customer_for(params.customer_id)?;
-    let receiver = state.events.notifications();
+    let receiver = state.events.notifications().await;
     let stream = futures_util::stream::unfold(
         (receiver, customer),
         |(mut receiver, customer)| async move {

@@ -109,7 +109,7 @@ pub async fn events(
     let id = saga_id(&id)?;
     check_owner(&state, &principal, id).await?;
     // Subscribe before reading, so no transition falls between the two.
-    let receiver = state.events.sagas();
+    let receiver = state.events.sagas().await;
     let current: SagaView = serde_json::from_value(
         state
             .query("saga.queries", "get_saga", json!({"saga_id": id}))

@@ -47,7 +47,7 @@ pub async fn events(
     principal: Principal,
 ) -> Result<Sse<impl Stream<Item = Result<Event, Infallible>>>, ApiError> {
     principal.require(Scope::Ui)?;
-    let receiver = state.events.sagas();
+    let receiver = state.events.sagas().await;
     let stream = futures_util::stream::unfold(receiver, |mut receiver| async move {
         let event = match receiver.recv().await {
             Ok(update) => crate::sagas::event(&update.view, &update.transition),

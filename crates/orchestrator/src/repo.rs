@@ -182,33 +182,98 @@ pub async fn log<'e>(db: impl PgExecutor<'e>, saga_id: Uuid) -> Result<Vec<LogEn
     .await
 }
 
+/// A saga of a group as locked: its state and where its log goes on (0 before any entry).
+#[derive(Debug)]
+pub struct Locked {
+    pub saga: Saga,
+    pub last_seq: i32,
+}
+
 /// Loads and locks the sagas of a group, in id order (so two groups wait rather than deadlock
-/// on the sagas they share).
+/// on the sagas they share), each with the last position of its log, in one statement.
 pub async fn lock_all(
     tx: &mut PgConnection,
     saga_ids: &[Uuid],
-) -> Result<HashMap<Uuid, Saga>, sqlx::Error> {
-    let states: Vec<sqlx::types::Json<Saga>> = sqlx::query_scalar(
-        "SELECT state FROM sagas.sagas WHERE saga_id = ANY($1) ORDER BY saga_id FOR UPDATE",
+) -> Result<HashMap<Uuid, Locked>, sqlx::Error> {
+    let rows: Vec<(sqlx::types::Json<Saga>, Option<i32>)> = sqlx::query_as(
+        "SELECT s.state, (SELECT max(l.seq) FROM sagas.saga_log l WHERE l.saga_id = s.saga_id) \
+         FROM sagas.sagas s WHERE s.saga_id = ANY($1) ORDER BY s.saga_id FOR UPDATE OF s",
     )
     .bind(saga_ids)
     .fetch_all(tx)
     .await?;
-    Ok(states.into_iter().map(|s| (s.0.id, s.0)).collect())
+    Ok(rows
+        .into_iter()
+        .map(|(state, last_seq)| {
+            let saga = state.0;
+            let locked = Locked {
+                last_seq: last_seq.unwrap_or(0),
+                saga,
+            };
+            (locked.saga.id, locked)
+        })
+        .collect())
 }
 
-/// The last log position of each saga that has a log.
-pub async fn last_seqs(
+/// A new saga for [`insert_all`].
+#[derive(Debug)]
+pub struct NewSaga<'a> {
+    pub saga: &'a Saga,
+    pub request_hash: Option<&'a str>,
+    pub traceparent: Option<&'a str>,
+}
+
+/// Inserts new sagas in one statement; returns the ids inserted now (a saga that exists
+/// already is a repeated request and is left alone).
+pub async fn insert_all(
     tx: &mut PgConnection,
-    saga_ids: &[Uuid],
-) -> Result<HashMap<Uuid, i32>, sqlx::Error> {
-    let rows: Vec<(Uuid, i32)> = sqlx::query_as(
-        "SELECT saga_id, max(seq) FROM sagas.saga_log WHERE saga_id = ANY($1) GROUP BY saga_id",
+    sagas: &[NewSaga<'_>],
+) -> Result<std::collections::HashSet<Uuid>, sqlx::Error> {
+    if sagas.is_empty() {
+        return Ok(std::collections::HashSet::new());
+    }
+    let inserted: Vec<Uuid> = sqlx::query_scalar(
+        "INSERT INTO sagas.sagas (saga_id, definition, status, current_step, state, version, \
+         deadline, request_hash, created_at, updated_at, traceparent) \
+         SELECT * FROM UNNEST($1::uuid[], $2::text[], $3::text[], $4::text[], $5::jsonb[], \
+                              $6::int8[], $7::timestamptz[], $8::text[], $9::timestamptz[], \
+                              $10::timestamptz[], $11::text[]) \
+         ON CONFLICT (saga_id) DO NOTHING RETURNING saga_id",
     )
-    .bind(saga_ids)
+    .bind(sagas.iter().map(|n| n.saga.id).collect::<Vec<_>>())
+    .bind(
+        sagas
+            .iter()
+            .map(|n| n.saga.definition.as_str())
+            .collect::<Vec<_>>(),
+    )
+    .bind(
+        sagas
+            .iter()
+            .map(|n| n.saga.status.as_str())
+            .collect::<Vec<_>>(),
+    )
+    .bind(
+        sagas
+            .iter()
+            .map(|n| n.saga.current_step().map(|s| s.name.as_str()))
+            .collect::<Vec<_>>(),
+    )
+    .bind(
+        sagas
+            .iter()
+            .map(|n| sqlx::types::Json(n.saga))
+            .collect::<Vec<_>>(),
+    )
+    .bind(sagas.iter().map(|n| n.saga.version).collect::<Vec<_>>())
+    .bind(sagas.iter().map(|n| n.saga.deadline).collect::<Vec<_>>())
+    .bind(sagas.iter().map(|n| n.request_hash).collect::<Vec<_>>())
+    .bind(sagas.iter().map(|n| n.saga.created_at).collect::<Vec<_>>())
+    .bind(sagas.iter().map(|n| n.saga.updated_at).collect::<Vec<_>>())
+    .bind(sagas.iter().map(|n| n.traceparent).collect::<Vec<_>>())
     .fetch_all(tx)
     .await?;
-    Ok(rows.into_iter().collect())
+    Ok(inserted.into_iter().collect())
 }
 
 /// Saves sagas after their transitions, each with the version it had when locked; the rows

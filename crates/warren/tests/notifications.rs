@@ -49,3 +49,47 @@ async fn the_stream_delivers_an_order_confirmation_while_a_checkout_runs() {
         .await;
     system.stop().await;
 }
+
+/// The gateway's live queue takes notification events only while a stream watches them: with
+/// nobody watching, the broker keeps no copy of them for the gateway.
+#[tokio::test]
+async fn the_live_queue_is_bound_only_while_a_stream_is_open() {
+    let mut system = System::new().await;
+    system.spawn(&["all"]);
+    system.ready().await;
+    let key = "notification.evt.#";
+    assert!(
+        !live_keys(&system.vhost).await.iter().any(|k| k == key),
+        "bound before any stream opened"
+    );
+
+    let stream = system.stream("/v1/notifications/stream").await;
+    let keys = live_keys(&system.vhost).await;
+    assert!(keys.iter().any(|k| k == key), "{keys:?}");
+    assert!(
+        !keys.iter().any(|k| k == "saga.evt.#"),
+        "no saga stream is open: {keys:?}"
+    );
+
+    drop(stream);
+    system
+        .until("the live queue unbound once the stream closed", || async {
+            !live_keys(&system.vhost).await.iter().any(|k| k == key)
+        })
+        .await;
+    system.stop().await;
+}
+
+/// The routing keys the gateway's live queue is bound with, from the management API.
+async fn live_keys(vhost: &str) -> Vec<String> {
+    testkit::management_get(&format!("/api/bindings/{vhost}"))
+        .await
+        .iter()
+        .filter(|b| {
+            b["destination"]
+                .as_str()
+                .is_some_and(|d| d.contains(".live-events."))
+        })
+        .filter_map(|b| b["routing_key"].as_str().map(str::to_owned))
+        .collect()
+}
