@@ -245,3 +245,45 @@ async fn a_customers_notifications_list_newest_first_up_to_the_limit(pool: PgPoo
         Vec::<NotificationView>::new()
     );
 }
+
+/// A group commit's one insert skips what one insert per event, in order, would skip: the same
+/// fact twice under two message ids, a fact stored before, an event without a customer.
+#[sqlx::test(migrations = "../../migrations")]
+async fn a_group_stores_what_one_event_at_a_time_would(pool: PgPool) {
+    let (stored_before, fresh) = (Uuid::now_v7(), Uuid::now_v7());
+    let mut tx = pool.begin().await.unwrap();
+    NotificationHandler
+        .apply(&mut tx, &confirmed(stored_before, "c-1"))
+        .await
+        .unwrap();
+    tx.commit().await.unwrap();
+
+    let group = [
+        confirmed(fresh, "c-1"),
+        cancelled(Uuid::now_v7(), None),
+        confirmed(stored_before, "c-1"),
+        confirmed(fresh, "c-1"),
+        cancelled(fresh, Some("c-2")),
+    ];
+    let messages: Vec<&contracts::Envelope> = group.iter().collect();
+    let mut tx = pool.begin().await.unwrap();
+    let created = NotificationHandler
+        .apply_all(&mut tx, &messages)
+        .await
+        .unwrap();
+    tx.commit().await.unwrap();
+
+    let sources: Vec<Uuid> = created
+        .iter()
+        .map(|m| m.decode::<NotificationCreated>().unwrap().source_event)
+        .collect();
+    assert_eq!(
+        sources,
+        [group[0].message_id, group[4].message_id],
+        "the first event of each new fact, in order"
+    );
+    for (created, cause) in created.iter().zip([&group[0], &group[4]]) {
+        assert_eq!(created.causation_id, Some(cause.message_id));
+    }
+    assert_eq!(notifications(&pool).await, 3);
+}
