@@ -7,6 +7,10 @@
 //! - `domain`: the rules as pure functions over plain values, unit-tested without a database.
 //! - `handler`: a [`store::TxHandler`] that locks rows, asks `domain`, writes the outcome and
 //!   returns the replies; wrapped by [`store::Transactional`] for the inbox and outbox.
+//! - `group`: the same decisions for a whole group commit in a fixed number of set-based
+//!   statements (read or lock every row the group names, decide each message in order in
+//!   memory, write each table once); `handler`'s one-message path is the reference it is
+//!   tested against.
 //! - `queries`: reads for the gateway (over request/reply) and for test invariants.
 //!
 //! Modules:

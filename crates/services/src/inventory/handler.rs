@@ -6,6 +6,9 @@
 //! which waits for a concurrent insert for the same order; when that one commits, the next
 //! round answers from what it stored. A reserve only reads existing reservations, never locks
 //! them: it may already hold product locks that a release holding the reservation waits for.
+//!
+//! A group commit applies its reserves, releases and sales through `super::group` in a few
+//! set-based statements; product upserts run one at a time between them.
 
 use bus::HandlerError;
 use contracts::messages::{
@@ -19,11 +22,11 @@ use store::TxHandler;
 use tracing::info;
 use uuid::Uuid;
 
-use super::PRODUCER;
 use super::domain::{
     self, Product, ReleaseOutcome, ReservationStatus, ReserveAgain, ReserveOutcome, Stock,
     StockChange, StockMove,
 };
+use super::{PRODUCER, group};
 use crate::handling::{Lock, corrupt, db, decode, unhandled};
 
 /// Applies inventory commands (and order confirmations) to the `inventory` tables.
@@ -44,12 +47,32 @@ impl TxHandler for InventoryHandler {
             _ => Err(unhandled("the inventory service", message)),
         }
     }
+
+    async fn apply_all(
+        &self,
+        tx: &mut PgConnection,
+        messages: &[&Envelope],
+    ) -> Result<Vec<Envelope>, HandlerError> {
+        // Product upserts run alone between the runs the group path takes; each run reads the
+        // rows only after the ones before it wrote theirs, so it decides on what they left.
+        let mut caused = Vec::with_capacity(messages.len());
+        for run in messages.chunk_by(|a, b| group::covers(a) == group::covers(b)) {
+            if run.first().is_some_and(|m| group::covers(m)) {
+                caused.extend(group::apply(tx, run).await?);
+            } else {
+                for message in run {
+                    caused.extend(self.apply(tx, message).await?);
+                }
+            }
+        }
+        Ok(caused)
+    }
 }
 
 /// Rows are never deleted, so after one lost insert race the second round finds the row.
 const ROUNDS: usize = 2;
 
-fn raced(order_id: Uuid) -> HandlerError {
+pub(super) fn raced(order_id: Uuid) -> HandlerError {
     HandlerError::Transient(format!(
         "reservation {order_id} changed under a concurrent insert"
     ))
@@ -160,7 +183,7 @@ async fn set_status(
 }
 
 /// Locks the products in SKU order (the one order every transaction uses).
-async fn lock_products(
+pub(super) async fn lock_products(
     tx: &mut PgConnection,
     skus: impl IntoIterator<Item = &str>,
 ) -> Result<Vec<Product>, HandlerError> {
@@ -189,7 +212,10 @@ async fn lock_products(
         .collect())
 }
 
-async fn write_stock(tx: &mut PgConnection, changes: &[StockChange]) -> Result<(), HandlerError> {
+pub(super) async fn write_stock(
+    tx: &mut PgConnection,
+    changes: &[StockChange],
+) -> Result<(), HandlerError> {
     let skus: Vec<&str> = changes.iter().map(|c| c.sku.as_str()).collect();
     let part = |f: fn(&Stock) -> i64| changes.iter().map(|c| f(&c.stock)).collect::<Vec<i64>>();
     sqlx::query(
@@ -273,7 +299,7 @@ async fn reserve(
     Err(raced(order_id))
 }
 
-fn failed(order_id: Uuid, reason: String, message: &Envelope) -> Envelope {
+pub(super) fn failed(order_id: Uuid, reason: String, message: &Envelope) -> Envelope {
     info!(%order_id, %reason, "reservation failed");
     reply(&InventoryReservationFailed { order_id, reason }, message)
 }
@@ -331,6 +357,6 @@ async fn sell(tx: &mut PgConnection, event: OrderConfirmed) -> Result<Vec<Envelo
     Ok(Vec::new())
 }
 
-fn reply<M: Message>(reply: &M, cause: &Envelope) -> Envelope {
+pub(super) fn reply<M: Message>(reply: &M, cause: &Envelope) -> Envelope {
     Envelope::caused_by(PRODUCER, reply, cause)
 }

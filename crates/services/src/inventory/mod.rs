@@ -4,9 +4,11 @@
 //!   reservation answers each command in each state.
 //! - [`handler`]: `inventory.cmd.upsert_product`, `inventory.cmd.reserve`,
 //!   `inventory.cmd.release`, and the event `order.evt.confirmed` (reserved stock is sold).
+//! - `group`: a group commit's reserves, releases and sales in a few set-based statements.
 //! - [`queries`]: a product as the gateway shows it; stock totals for invariants.
 
 pub mod domain;
+mod group;
 pub mod handler;
 pub mod queries;
 

@@ -3,6 +3,8 @@
 //! Each command locks its order row (or, for a row that does not exist yet, races to insert
 //! it with `ON CONFLICT DO NOTHING`, which waits for a concurrent insert of the same order and
 //! then reads what it committed), so concurrent re-sends of one command answer alike.
+//!
+//! A group commit applies its commands through `super::group` in a few set-based statements.
 
 use bus::HandlerError;
 use contracts::messages::{
@@ -16,8 +18,8 @@ use store::TxHandler;
 use tracing::info;
 use uuid::Uuid;
 
-use super::PRODUCER;
 use super::domain::{self, CancelOutcome, ConfirmOutcome, CreateOutcome, Existing, OrderStatus};
+use super::{PRODUCER, group};
 use crate::handling::{corrupt, db, decode, unhandled};
 
 /// Applies order commands to `orders.orders`.
@@ -36,6 +38,14 @@ impl TxHandler for OrderHandler {
             OrderCancel::TYPE => cancel(tx, message, decode(message)?).await,
             _ => Err(unhandled("the order service", message)),
         }
+    }
+
+    async fn apply_all(
+        &self,
+        tx: &mut PgConnection,
+        messages: &[&Envelope],
+    ) -> Result<Vec<Envelope>, HandlerError> {
+        group::apply(tx, messages).await
     }
 }
 
@@ -88,7 +98,7 @@ async fn lock(tx: &mut PgConnection, order_id: Uuid) -> Result<Option<Row>, Hand
 /// locks its row and answers from it. Rows are never deleted, so two rounds always suffice.
 const ROUNDS: usize = 2;
 
-fn raced(order_id: Uuid) -> HandlerError {
+pub(super) fn raced(order_id: Uuid) -> HandlerError {
     HandlerError::Transient(format!(
         "order {order_id} changed under a concurrent insert"
     ))
@@ -260,6 +270,6 @@ async fn cancel(
     Err(raced(order_id))
 }
 
-fn reply<M: Message>(reply: &M, cause: &Envelope) -> Envelope {
+pub(super) fn reply<M: Message>(reply: &M, cause: &Envelope) -> Envelope {
     Envelope::caused_by(PRODUCER, reply, cause)
 }

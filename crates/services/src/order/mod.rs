@@ -2,9 +2,11 @@
 //!
 //! - [`domain`]: what a checkout may hold and how an order answers each command in each state.
 //! - [`handler`]: `order.cmd.create`, `order.cmd.confirm`, `order.cmd.cancel`.
+//! - `group`: a group commit's commands in a few set-based statements.
 //! - [`queries`]: an order as the gateway shows it.
 
 pub mod domain;
+mod group;
 pub mod handler;
 pub mod queries;
 

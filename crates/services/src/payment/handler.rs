@@ -7,6 +7,9 @@
 //! from what it stored, so a re-sent charge can never take money twice. A charge only reads
 //! existing charge rows, never locks them: it may already hold the account lock that a refund
 //! holding the charge row waits for.
+//!
+//! A group commit applies its charges and refunds through `super::group` in a few set-based
+//! statements; balance sets run one at a time between them.
 
 use std::sync::Arc;
 
@@ -22,8 +25,8 @@ use store::TxHandler;
 use tracing::info;
 use uuid::Uuid;
 
-use super::PRODUCER;
 use super::domain::{self, ChargeAgain, ChargeOutcome, ChargeStatus, RefundOutcome};
+use super::{PRODUCER, group};
 use crate::handling::{Lock, corrupt, db, decode, unhandled};
 
 /// Applies payment commands to the `payments` tables.
@@ -55,12 +58,32 @@ impl TxHandler for PaymentHandler {
             _ => Err(unhandled("the payment service", message)),
         }
     }
+
+    async fn apply_all(
+        &self,
+        tx: &mut PgConnection,
+        messages: &[&Envelope],
+    ) -> Result<Vec<Envelope>, HandlerError> {
+        // Balance sets run alone between the runs the group path takes; each run reads the
+        // rows only after the ones before it wrote theirs, so it decides on what they left.
+        let mut caused = Vec::with_capacity(messages.len());
+        for run in messages.chunk_by(|a, b| group::covers(a) == group::covers(b)) {
+            if run.first().is_some_and(|m| group::covers(m)) {
+                caused.extend(group::apply(tx, run, self.faults.as_deref()).await?);
+            } else {
+                for message in run {
+                    caused.extend(self.apply(tx, message).await?);
+                }
+            }
+        }
+        Ok(caused)
+    }
 }
 
 /// Rows are never deleted, so after one lost insert race the second round finds the row.
 const ROUNDS: usize = 2;
 
-fn raced(order_id: Uuid) -> HandlerError {
+pub(super) fn raced(order_id: Uuid) -> HandlerError {
     HandlerError::Transient(format!(
         "charge {order_id} changed under a concurrent insert"
     ))
@@ -226,7 +249,7 @@ async fn charge(
     Err(raced(order_id))
 }
 
-fn declined(order_id: Uuid, reason: String, message: &Envelope) -> Envelope {
+pub(super) fn declined(order_id: Uuid, reason: String, message: &Envelope) -> Envelope {
     info!(%order_id, %reason, "payment declined");
     reply(&PaymentDeclined { order_id, reason }, message)
 }
@@ -295,6 +318,6 @@ async fn refund(
     Err(raced(order_id))
 }
 
-fn reply<M: Message>(reply: &M, cause: &Envelope) -> Envelope {
+pub(super) fn reply<M: Message>(reply: &M, cause: &Envelope) -> Envelope {
     Envelope::caused_by(PRODUCER, reply, cause)
 }

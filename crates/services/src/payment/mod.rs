@@ -2,9 +2,11 @@
 //!
 //! - [`domain`]: the charge decision and how a charge answers each command in each state.
 //! - [`handler`]: `payment.cmd.set_balance`, `payment.cmd.charge`, `payment.cmd.refund`.
+//! - `group`: a group commit's charges and refunds in a few set-based statements.
 //! - [`queries`]: an account as the gateway shows it; charges and money totals for invariants.
 
 pub mod domain;
+mod group;
 pub mod handler;
 pub mod queries;
 
