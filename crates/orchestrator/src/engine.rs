@@ -133,7 +133,8 @@ impl Engine {
         .await
     }
 
-    /// Applies one input to an existing saga under its row lock.
+    /// Applies one input to an existing saga under its row lock, in two statements: lock the
+    /// saga, then save it and append the entry.
     pub async fn apply(
         &self,
         tx: &mut PgConnection,
@@ -142,28 +143,31 @@ impl Engine {
         cause: Option<&Envelope>,
         now: DateTime<Utc>,
     ) -> Result<(Saga, Vec<Envelope>), EngineError> {
-        let saga = repo::lock(tx, saga_id)
+        let saga = repo::lock_all(tx, &[saga_id])
             .await?
+            .remove(&saga_id)
             .ok_or(EngineError::UnknownSaga(saga_id))?;
         let definition = self
             .definition(&saga.definition)
             .ok_or_else(|| EngineError::UnknownDefinition(saga.definition.clone()))?;
+        let entry = |saga: &Saga, applied: bool, note: String, commands: Value| repo::Entry {
+            saga_id,
+            offset: 1,
+            at: now,
+            input: input.clone(),
+            message_id: cause.map(|c| c.message_id),
+            applied,
+            note,
+            commands,
+            status: saga.status.as_str().to_owned(),
+            version: saga.version,
+        };
         match machine::apply(definition, &saga, input, now) {
             Outcome::Applied(transition) => {
-                repo::update(tx, &transition.saga).await?;
                 observe(&saga, &transition.saga);
-                let mut messages = self
-                    .record(
-                        tx,
-                        &transition.saga,
-                        input,
-                        cause,
-                        now,
-                        true,
-                        &transition.note,
-                        &transition,
-                    )
-                    .await?;
+                let (mut messages, sent) = caused(&transition.saga, &transition, cause);
+                let logged = entry(&transition.saga, true, transition.note.clone(), sent);
+                repo::save_all(tx, &[(&transition.saga, saga.version)], &[logged]).await?;
                 if cause.is_none() && !messages.is_empty() {
                     // A timeout or an operator's input goes on in the trace the saga began in.
                     let traceparent = repo::traceparent(tx, saga_id).await?;
@@ -174,17 +178,7 @@ impl Engine {
                 Ok((transition.saga, messages))
             }
             Outcome::Ignored(why) => {
-                repo::append(
-                    tx,
-                    &saga,
-                    now,
-                    input,
-                    cause.map(|c| c.message_id),
-                    false,
-                    &why,
-                    &json!([]),
-                )
-                .await?;
+                repo::save_all(tx, &[], &[entry(&saga, false, why, json!([]))]).await?;
                 Ok((saga, vec![]))
             }
         }
@@ -219,9 +213,8 @@ impl Engine {
         Ok(messages)
     }
 
-    /// Applies a group commit in at most four statements: insert the sagas it starts, lock
-    /// every saga it replies to (with where each log goes on), save the sagas that changed,
-    /// append every log entry.
+    /// Applies a group commit in at most three statements: insert the sagas it starts, lock
+    /// every saga it replies to, then save the sagas that changed and append every log entry.
     async fn apply_group(
         &self,
         tx: &mut PgConnection,
@@ -245,14 +238,13 @@ impl Engine {
 
         let ids: Vec<Uuid> = replies.iter().map(|(id, _)| *id).collect();
         let mut sagas = repo::lock_all(tx, &ids).await?;
-        let before: BTreeMap<Uuid, i64> =
-            sagas.iter().map(|(id, s)| (*id, s.saga.version)).collect();
+        let before: BTreeMap<Uuid, i64> = sagas.iter().map(|(id, s)| (*id, s.version)).collect();
+        let mut offsets: BTreeMap<Uuid, i32> = BTreeMap::new();
         for (saga_id, message) in replies {
-            let Some(locked) = sagas.get_mut(&saga_id) else {
+            let Some(saga) = sagas.get(&saga_id) else {
                 warn!(%saga_id, message_type = %message.message_type, "reply for an unknown saga; dropped");
                 continue;
             };
-            let saga = &locked.saga;
             let definition = self
                 .definition(&saga.definition)
                 .ok_or_else(|| EngineError::UnknownDefinition(saga.definition.clone()))?;
@@ -260,7 +252,8 @@ impl Engine {
                 message_type: message.message_type.clone(),
                 payload: message.payload.clone(),
             };
-            locked.last_seq += 1;
+            let offset = offsets.entry(saga_id).or_insert(0);
+            *offset += 1;
             let (after, applied, note, sent) = match machine::apply(definition, saga, &input, now) {
                 Outcome::Applied(transition) => {
                     observe(saga, &transition.saga);
@@ -272,7 +265,7 @@ impl Engine {
             };
             entries.push(repo::Entry {
                 saga_id,
-                seq: locked.last_seq,
+                offset: *offset,
                 at: now,
                 input,
                 message_id: Some(message.message_id),
@@ -282,17 +275,16 @@ impl Engine {
                 status: after.status.as_str().to_owned(),
                 version: after.version,
             });
-            locked.saga = after;
+            sagas.insert(saga_id, after);
         }
         let changed: Vec<(&Saga, i64)> = sagas
             .values()
-            .filter_map(|locked| {
-                let was = before[&locked.saga.id];
-                (locked.saga.version != was).then_some((&locked.saga, was))
+            .filter_map(|saga| {
+                let was = before[&saga.id];
+                (saga.version != was).then_some((saga, was))
             })
             .collect();
-        repo::update_all(tx, &changed).await?;
-        repo::append_all(tx, &entries).await?;
+        repo::save_all(tx, &changed, &entries).await?;
         Ok(caused_all)
     }
 
@@ -346,7 +338,7 @@ impl Engine {
             caused_all.extend(messages);
             entries.push(repo::Entry {
                 saga_id: start.saga_id,
-                seq: 1,
+                offset: 1,
                 at: now,
                 input: Input::Start { input: start.input },
                 message_id: Some(message.message_id),

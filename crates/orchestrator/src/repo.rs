@@ -50,16 +50,6 @@ pub async fn insert(
     Ok(inserted.rows_affected() == 1)
 }
 
-/// Loads a saga and locks its row until the transaction ends.
-pub async fn lock(tx: &mut PgConnection, saga_id: Uuid) -> Result<Option<Saga>, sqlx::Error> {
-    let state: Option<sqlx::types::Json<Saga>> =
-        sqlx::query_scalar("SELECT state FROM sagas.sagas WHERE saga_id = $1 FOR UPDATE")
-            .bind(saga_id)
-            .fetch_optional(tx)
-            .await?;
-    Ok(state.map(|s| s.0))
-}
-
 /// The trace a saga was started in.
 pub async fn traceparent(
     tx: &mut PgConnection,
@@ -116,29 +106,6 @@ pub async fn list<'e>(
     Ok(rows.into_iter().map(|r| r.0).collect())
 }
 
-/// Saves a saga after a transition; the row must be locked by this transaction.
-pub async fn update(tx: &mut PgConnection, saga: &Saga) -> Result<(), sqlx::Error> {
-    let updated = sqlx::query(
-        "UPDATE sagas.sagas SET status = $2, current_step = $3, state = $4, version = $5, \
-         deadline = $6, updated_at = $7 WHERE saga_id = $1 AND version = $5 - 1",
-    )
-    .bind(saga.id)
-    .bind(saga.status.as_str())
-    .bind(saga.current_step().map(|s| s.name.as_str()))
-    .bind(sqlx::types::Json(saga))
-    .bind(saga.version)
-    .bind(saga.deadline)
-    .bind(saga.updated_at)
-    .execute(tx)
-    .await?;
-    if updated.rows_affected() == 1 {
-        Ok(())
-    } else {
-        // Cannot happen under the row lock; refuse rather than overwrite.
-        Err(sqlx::Error::RowNotFound)
-    }
-}
-
 /// Appends one entry to a saga's log.
 #[allow(clippy::too_many_arguments)]
 pub async fn append(
@@ -182,37 +149,19 @@ pub async fn log<'e>(db: impl PgExecutor<'e>, saga_id: Uuid) -> Result<Vec<LogEn
     .await
 }
 
-/// A saga of a group as locked: its state and where its log goes on (0 before any entry).
-#[derive(Debug)]
-pub struct Locked {
-    pub saga: Saga,
-    pub last_seq: i32,
-}
-
 /// Loads and locks the sagas of a group, in id order (so two groups wait rather than deadlock
-/// on the sagas they share), each with the last position of its log, in one statement.
+/// on the sagas they share).
 pub async fn lock_all(
     tx: &mut PgConnection,
     saga_ids: &[Uuid],
-) -> Result<HashMap<Uuid, Locked>, sqlx::Error> {
-    let rows: Vec<(sqlx::types::Json<Saga>, Option<i32>)> = sqlx::query_as(
-        "SELECT s.state, (SELECT max(l.seq) FROM sagas.saga_log l WHERE l.saga_id = s.saga_id) \
-         FROM sagas.sagas s WHERE s.saga_id = ANY($1) ORDER BY s.saga_id FOR UPDATE OF s",
+) -> Result<HashMap<Uuid, Saga>, sqlx::Error> {
+    let states: Vec<sqlx::types::Json<Saga>> = sqlx::query_scalar(
+        "SELECT state FROM sagas.sagas WHERE saga_id = ANY($1) ORDER BY saga_id FOR UPDATE",
     )
     .bind(saga_ids)
     .fetch_all(tx)
     .await?;
-    Ok(rows
-        .into_iter()
-        .map(|(state, last_seq)| {
-            let saga = state.0;
-            let locked = Locked {
-                last_seq: last_seq.unwrap_or(0),
-                saga,
-            };
-            (locked.saga.id, locked)
-        })
-        .collect())
+    Ok(states.into_iter().map(|s| (s.0.id, s.0)).collect())
 }
 
 /// A new saga for [`insert_all`].
@@ -276,10 +225,34 @@ pub async fn insert_all(
     Ok(inserted.into_iter().collect())
 }
 
-/// Saves sagas after their transitions, each with the version it had when locked; the rows
-/// must be locked by this transaction.
-pub async fn update_all(tx: &mut PgConnection, sagas: &[(&Saga, i64)]) -> Result<(), sqlx::Error> {
-    if sagas.is_empty() {
+/// One entry of a saga's log, for [`save_all`].
+#[derive(Debug)]
+pub struct Entry {
+    pub saga_id: Uuid,
+    /// Where the entry goes after the saga's stored log: 1 for the first entry of this saga
+    /// in the statement, 2 for the next. The log position itself is read by the statement
+    /// that writes it, after this transaction holds the saga's lock, so it never comes from
+    /// a snapshot older than the lock.
+    pub offset: i32,
+    pub at: DateTime<Utc>,
+    pub input: Input,
+    pub message_id: Option<Uuid>,
+    pub applied: bool,
+    pub note: String,
+    pub commands: Value,
+    pub status: String,
+    pub version: i64,
+}
+
+/// Saves sagas after their transitions (each with the version it had when locked) and
+/// appends the log entries of the group, in one statement; the rows must be locked by this
+/// transaction.
+pub async fn save_all(
+    tx: &mut PgConnection,
+    sagas: &[(&Saga, i64)],
+    entries: &[Entry],
+) -> Result<(), sqlx::Error> {
+    if sagas.is_empty() && entries.is_empty() {
         return Ok(());
     }
     let mut ids = Vec::with_capacity(sagas.len());
@@ -300,13 +273,29 @@ pub async fn update_all(tx: &mut PgConnection, sagas: &[(&Saga, i64)]) -> Result
         updated.push(saga.updated_at);
         was.push(*version_before);
     }
-    let done = sqlx::query(
-        "UPDATE sagas.sagas s SET status = u.status, current_step = u.step, state = u.state, \
-         version = u.version, deadline = u.deadline, updated_at = u.updated_at \
-         FROM UNNEST($1::uuid[], $2::text[], $3::text[], $4::jsonb[], $5::int8[], \
-                     $6::timestamptz[], $7::timestamptz[], $8::int8[]) \
-              AS u(saga_id, status, step, state, version, deadline, updated_at, was) \
-         WHERE s.saga_id = u.saga_id AND s.version = u.was",
+    let (saved, logged): (i64, i64) = sqlx::query_as(
+        "WITH saved AS ( \
+             UPDATE sagas.sagas s SET status = u.status, current_step = u.step, \
+                    state = u.state, version = u.version, deadline = u.deadline, \
+                    updated_at = u.updated_at \
+             FROM UNNEST($1::uuid[], $2::text[], $3::text[], $4::jsonb[], $5::int8[], \
+                         $6::timestamptz[], $7::timestamptz[], $8::int8[]) \
+                  AS u(saga_id, status, step, state, version, deadline, updated_at, was) \
+             WHERE s.saga_id = u.saga_id AND s.version = u.was RETURNING 1), \
+         logged AS ( \
+             INSERT INTO sagas.saga_log (saga_id, seq, at, input, message_id, applied, note, \
+                                         commands, status, version) \
+             SELECT e.saga_id, coalesce((SELECT max(l.seq) FROM sagas.saga_log l \
+                                         WHERE l.saga_id = e.saga_id), 0) + e.offset_by, \
+                    e.at, e.input, e.message_id, e.applied, e.note, e.commands, e.status, \
+                    e.version \
+             FROM UNNEST($9::uuid[], $10::int4[], $11::timestamptz[], $12::jsonb[], \
+                         $13::uuid[], $14::bool[], $15::text[], $16::jsonb[], $17::text[], \
+                         $18::int8[]) \
+                  AS e(saga_id, offset_by, at, input, message_id, applied, note, commands, \
+                       status, version) \
+             RETURNING 1) \
+         SELECT (SELECT count(*) FROM saved), (SELECT count(*) FROM logged)",
     )
     .bind(ids)
     .bind(statuses)
@@ -316,45 +305,8 @@ pub async fn update_all(tx: &mut PgConnection, sagas: &[(&Saga, i64)]) -> Result
     .bind(deadlines)
     .bind(updated)
     .bind(was)
-    .execute(tx)
-    .await?;
-    if done.rows_affected() == sagas.len() as u64 {
-        Ok(())
-    } else {
-        // Cannot happen under the row locks; refuse rather than overwrite.
-        Err(sqlx::Error::RowNotFound)
-    }
-}
-
-/// One entry of a saga's log, for [`append_all`].
-#[derive(Debug)]
-pub struct Entry {
-    pub saga_id: Uuid,
-    pub seq: i32,
-    pub at: DateTime<Utc>,
-    pub input: Input,
-    pub message_id: Option<Uuid>,
-    pub applied: bool,
-    pub note: String,
-    pub commands: Value,
-    pub status: String,
-    pub version: i64,
-}
-
-/// Appends log entries of many sagas in one statement.
-pub async fn append_all(tx: &mut PgConnection, entries: &[Entry]) -> Result<(), sqlx::Error> {
-    if entries.is_empty() {
-        return Ok(());
-    }
-    sqlx::query(
-        "INSERT INTO sagas.saga_log (saga_id, seq, at, input, message_id, applied, note, \
-         commands, status, version) \
-         SELECT * FROM UNNEST($1::uuid[], $2::int4[], $3::timestamptz[], $4::jsonb[], \
-                              $5::uuid[], $6::bool[], $7::text[], $8::jsonb[], $9::text[], \
-                              $10::int8[])",
-    )
     .bind(entries.iter().map(|e| e.saga_id).collect::<Vec<_>>())
-    .bind(entries.iter().map(|e| e.seq).collect::<Vec<_>>())
+    .bind(entries.iter().map(|e| e.offset).collect::<Vec<_>>())
     .bind(entries.iter().map(|e| e.at).collect::<Vec<_>>())
     .bind(
         entries
@@ -378,7 +330,12 @@ pub async fn append_all(tx: &mut PgConnection, entries: &[Entry]) -> Result<(), 
             .collect::<Vec<_>>(),
     )
     .bind(entries.iter().map(|e| e.version).collect::<Vec<_>>())
-    .execute(tx)
+    .fetch_one(tx)
     .await?;
-    Ok(())
+    if saved == sagas.len() as i64 && logged == entries.len() as i64 {
+        Ok(())
+    } else {
+        // Cannot happen under the row locks; refuse rather than overwrite.
+        Err(sqlx::Error::RowNotFound)
+    }
 }
