@@ -1,8 +1,11 @@
 //! What every participant's handler does the same way: decoding and error mapping.
 
+use std::collections::HashSet;
+
 use bus::HandlerError;
 use contracts::{Envelope, Message};
 use store::StoreError;
+use uuid::Uuid;
 
 /// The payload as `M`; a payload that does not decode will never decode, so it is parked.
 pub(crate) fn decode<M: Message>(message: &Envelope) -> Result<M, HandlerError> {
@@ -35,4 +38,31 @@ pub(crate) fn corrupt(what: impl std::fmt::Display) -> HandlerError {
 pub(crate) enum Lock {
     Row,
     None,
+}
+
+/// A group commit cut into runs, in order: `(true, run)` for messages `covers` takes (applied
+/// by the set-based group path), `(false, run)` for the others (applied one at a time). Each
+/// run reads its rows only after the runs before it wrote theirs.
+pub(crate) fn runs<'a>(
+    messages: &'a [&'a Envelope],
+    covers: fn(&Envelope) -> bool,
+) -> impl Iterator<Item = (bool, &'a [&'a Envelope])> {
+    messages
+        .chunk_by(move |a, b| covers(a) == covers(b))
+        .map(move |run| (run.first().is_some_and(|m| covers(m)), run))
+}
+
+/// Checks that a group's `INSERT ... ON CONFLICT DO NOTHING RETURNING` inserted every row it
+/// meant to; a row another transaction stored after the group read fails the group with
+/// `raced` (transient), so each message runs alone and answers from the stored row.
+pub(crate) fn all_inserted(
+    expected: Vec<Uuid>,
+    inserted: Vec<Uuid>,
+    raced: fn(Uuid) -> HandlerError,
+) -> Result<(), HandlerError> {
+    let inserted: HashSet<Uuid> = inserted.into_iter().collect();
+    match expected.into_iter().find(|id| !inserted.contains(id)) {
+        Some(lost) => Err(raced(lost)),
+        None => Ok(()),
+    }
 }

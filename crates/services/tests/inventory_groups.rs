@@ -11,7 +11,7 @@ use contracts::Envelope;
 use contracts::messages::{
     InventoryRelease, InventoryReserve, LineItem, OrderConfirmed, ProductUpsert, ProductUpserted,
 };
-use grouping::{Grouped, Tables, compare, one_by_one, racing, sent};
+use grouping::{Tables, compare, ids, one_by_one, racing, sent, types};
 use services::inventory::InventoryHandler;
 use sqlx::PgPool;
 use support::{Rng, apply, ask};
@@ -66,19 +66,6 @@ fn upsert(sku: &str, available: i64) -> Envelope {
         price_cents: 500,
         available,
     })
-}
-
-fn types(grouped: &Grouped) -> Vec<&str> {
-    grouped
-        .outcome
-        .replies
-        .iter()
-        .map(|r| r.message_type.as_str())
-        .collect()
-}
-
-fn ids<const N: usize>() -> [Uuid; N] {
-    std::array::from_fn(|_| Uuid::now_v7())
 }
 
 #[sqlx::test(migrations = "../../migrations")]

@@ -9,7 +9,7 @@ mod support;
 use bus::HandlerError;
 use contracts::Envelope;
 use contracts::messages::{LineItem, OrderCancel, OrderConfirm, OrderCreate};
-use grouping::{Grouped, Tables, compare, one_by_one, racing, sent};
+use grouping::{Tables, compare, ids, one_by_one, racing, sent, types};
 use services::order::OrderHandler;
 use sqlx::PgPool;
 use support::{Rng, apply};
@@ -49,19 +49,6 @@ fn cancel(order_id: Uuid, reason: &str) -> Envelope {
         order_id,
         reason: reason.into(),
     })
-}
-
-fn types(grouped: &Grouped) -> Vec<&str> {
-    grouped
-        .outcome
-        .replies
-        .iter()
-        .map(|r| r.message_type.as_str())
-        .collect()
-}
-
-fn ids<const N: usize>() -> [Uuid; N] {
-    std::array::from_fn(|_| Uuid::now_v7())
 }
 
 #[sqlx::test(migrations = "../../migrations")]

@@ -9,7 +9,7 @@ mod support;
 use bus::HandlerError;
 use contracts::Envelope;
 use contracts::messages::{AccountBalanceSet, AccountSetBalance, PaymentCharge, PaymentRefund};
-use grouping::{Grouped, Tables, compare, one_by_one, racing, sent};
+use grouping::{Tables, compare, ids, one_by_one, racing, sent, types};
 use services::payment::PaymentHandler;
 use sqlx::PgPool;
 use support::{Rng, apply, ask};
@@ -49,19 +49,6 @@ fn set_balance(customer_id: &str, balance_cents: i64) -> Envelope {
         customer_id: customer_id.into(),
         balance_cents,
     })
-}
-
-fn types(grouped: &Grouped) -> Vec<&str> {
-    grouped
-        .outcome
-        .replies
-        .iter()
-        .map(|r| r.message_type.as_str())
-        .collect()
-}
-
-fn ids<const N: usize>() -> [Uuid; N] {
-    std::array::from_fn(|_| Uuid::now_v7())
 }
 
 #[sqlx::test(migrations = "../../migrations")]

@@ -9,7 +9,7 @@
 //! another transaction stored after the read fails the group with a transient error, and each
 //! message then runs alone, where the per-message path answers from the stored row.
 
-use std::collections::{BTreeMap, BTreeSet, HashSet};
+use std::collections::{BTreeMap, BTreeSet};
 
 use bus::HandlerError;
 use contracts::messages::{
@@ -27,7 +27,7 @@ use super::domain::{
     StockMove,
 };
 use super::handler::{failed, lock_products, raced, reply, write_stock};
-use crate::handling::{corrupt, db, decode, unhandled};
+use crate::handling::{all_inserted, corrupt, db, decode, unhandled};
 
 /// Whether [`apply`] takes the message; the handler applies anything else on its own.
 pub(super) fn covers(message: &Envelope) -> bool {
@@ -320,7 +320,7 @@ impl Book {
             .partition(|(_, r)| !r.stored);
         if !new.is_empty() {
             let ids: Vec<Uuid> = new.iter().map(|(id, _)| **id).collect();
-            let inserted: HashSet<Uuid> = sqlx::query_scalar(
+            let inserted: Vec<Uuid> = sqlx::query_scalar(
                 "INSERT INTO inventory.reservations (order_id, status, lines, total_cents, reason) \
                  SELECT * FROM UNNEST($1::uuid[], $2::text[], $3::jsonb[], $4::bigint[], $5::text[]) \
                  ON CONFLICT (order_id) DO NOTHING RETURNING order_id",
@@ -332,12 +332,8 @@ impl Book {
             .bind(new.iter().map(|(_, r)| r.reason.as_deref()).collect::<Vec<_>>())
             .fetch_all(&mut *tx)
             .await
-            .map_err(db)?
-            .into_iter()
-            .collect();
-            if let Some(lost) = ids.into_iter().find(|id| !inserted.contains(id)) {
-                return Err(raced(lost));
-            }
+            .map_err(db)?;
+            all_inserted(ids, inserted, raced)?;
         }
         if !stored.is_empty() {
             sqlx::query(

@@ -7,7 +7,7 @@
 //! the lock found none fails the group with a transient error, and each message then runs
 //! alone, where the per-message path locks the stored row and answers from it.
 
-use std::collections::{BTreeMap, HashSet};
+use std::collections::BTreeMap;
 
 use bus::HandlerError;
 use contracts::messages::{
@@ -22,7 +22,7 @@ use uuid::Uuid;
 
 use super::domain::{self, CancelOutcome, ConfirmOutcome, CreateOutcome, Existing, OrderStatus};
 use super::handler::{raced, reply};
-use crate::handling::{corrupt, db, decode, unhandled};
+use crate::handling::{all_inserted, corrupt, db, decode, unhandled};
 
 /// Applies order commands in order, as the per-message path would; any other message type
 /// fails the group (as it fails alone).
@@ -296,7 +296,7 @@ impl Book {
             .partition(|(_, o)| !o.stored);
         if !new.is_empty() {
             let ids: Vec<Uuid> = new.iter().map(|(id, _)| **id).collect();
-            let inserted: HashSet<Uuid> = sqlx::query_scalar(
+            let inserted: Vec<Uuid> = sqlx::query_scalar(
                 "INSERT INTO orders.orders \
                  (order_id, customer_id, status, total_cents, items, cancel_reason) \
                  SELECT * FROM UNNEST($1::uuid[], $2::text[], $3::text[], $4::bigint[], \
@@ -323,12 +323,8 @@ impl Book {
             )
             .fetch_all(&mut *tx)
             .await
-            .map_err(db)?
-            .into_iter()
-            .collect();
-            if let Some(lost) = ids.into_iter().find(|id| !inserted.contains(id)) {
-                return Err(raced(lost));
-            }
+            .map_err(db)?;
+            all_inserted(ids, inserted, raced)?;
         }
         if !stored.is_empty() {
             sqlx::query(

@@ -27,7 +27,7 @@ use uuid::Uuid;
 
 use super::domain::{self, ChargeAgain, ChargeOutcome, ChargeStatus, RefundOutcome};
 use super::{PRODUCER, group};
-use crate::handling::{Lock, corrupt, db, decode, unhandled};
+use crate::handling::{Lock, corrupt, db, decode, runs, unhandled};
 
 /// Applies payment commands to the `payments` tables.
 #[derive(Debug, Clone, Default)]
@@ -67,8 +67,8 @@ impl TxHandler for PaymentHandler {
         // Balance sets run alone between the runs the group path takes; each run reads the
         // rows only after the ones before it wrote theirs, so it decides on what they left.
         let mut caused = Vec::with_capacity(messages.len());
-        for run in messages.chunk_by(|a, b| group::covers(a) == group::covers(b)) {
-            if run.first().is_some_and(|m| group::covers(m)) {
+        for (set_based, run) in runs(messages, group::covers) {
+            if set_based {
                 caused.extend(group::apply(tx, run, self.faults.as_deref()).await?);
             } else {
                 for message in run {

@@ -74,6 +74,21 @@ pub struct Grouped {
     pub statements: Vec<usize>,
 }
 
+/// The types of a grouped run's replies, in order.
+pub fn types(grouped: &Grouped) -> Vec<&str> {
+    grouped
+        .outcome
+        .replies
+        .iter()
+        .map(|r| r.message_type.as_str())
+        .collect()
+}
+
+/// `N` fresh ids (orders, for the tests).
+pub fn ids<const N: usize>() -> [Uuid; N] {
+    std::array::from_fn(|_| Uuid::now_v7())
+}
+
 /// Tables to compare, each with the key that orders its rows.
 pub type Tables = &'static [(&'static str, &'static str)];
 
