@@ -15,6 +15,7 @@ use store::{Outbox, StoreError, TxHandler};
 use tracing::{info, warn};
 use uuid::Uuid;
 
+use crate::versions::Versions;
 use crate::{COMPONENT, SCHEMA, repo, view};
 
 #[derive(Debug, thiserror::Error)]
@@ -23,6 +24,10 @@ pub enum EngineError {
     UnknownSaga(Uuid),
     #[error("no saga definition named {0:?}")]
     UnknownDefinition(String),
+    #[error("no version {digest} of saga definition {name:?} in sagas.definitions")]
+    UnknownVersion { name: String, digest: String },
+    #[error("a stored saga definition version is corrupt: {0}")]
+    CorruptVersion(String),
     #[error("cannot start: {0}")]
     BadInput(String),
     #[error(transparent)]
@@ -48,7 +53,7 @@ impl From<EngineError> for HandlerError {
 #[derive(Debug, Clone)]
 pub struct Engine {
     pool: PgPool,
-    definitions: Arc<BTreeMap<String, Definition>>,
+    versions: Arc<Versions>,
     outbox: Outbox,
 }
 
@@ -56,12 +61,7 @@ impl Engine {
     pub fn new(pool: PgPool, definitions: Vec<Definition>) -> Self {
         Self {
             pool,
-            definitions: Arc::new(
-                definitions
-                    .into_iter()
-                    .map(|d| (d.name.clone(), d))
-                    .collect(),
-            ),
+            versions: Arc::new(Versions::new(definitions)),
             outbox: Outbox::new(SCHEMA),
         }
     }
@@ -70,15 +70,21 @@ impl Engine {
         &self.pool
     }
 
+    /// The current definition of this name: the one new sagas start on.
     pub fn definition(&self, name: &str) -> Option<&Definition> {
-        self.definitions.get(name)
+        self.versions.current(name).map(|d| &**d)
     }
 
-    /// Every reply type some definition waits for.
+    pub fn versions(&self) -> &Versions {
+        &self.versions
+    }
+
+    /// Every reply type some version at hand waits for (see [`Versions::register`]).
     pub fn reply_types(&self) -> Vec<String> {
         let mut types: Vec<String> = self
-            .definitions
-            .values()
+            .versions
+            .known()
+            .iter()
             .flat_map(|d| d.reply_types())
             .map(str::to_owned)
             .collect();
@@ -103,6 +109,7 @@ impl Engine {
             Ok(transition) => transition,
             Err(reason) => return Err(EngineError::BadInput(reason)),
         };
+        self.versions.record(tx, definition).await?;
         let traceparent = cause.and_then(|c| c.traceparent.as_deref());
         if !repo::insert(
             tx,
@@ -147,11 +154,10 @@ impl Engine {
             .await?
             .remove(&saga_id)
             .ok_or(EngineError::UnknownSaga(saga_id))?;
-        let definition = self
-            .definition(&saga.definition)
-            .ok_or_else(|| EngineError::UnknownDefinition(saga.definition.clone()))?;
+        let definition = self.versions.of(tx, &saga).await?;
         let entry = |saga: &Saga, applied: bool, note: String, commands: Value| repo::Entry {
             saga_id,
+            definition_version: saga.definition_version.clone(),
             offset: 1,
             at: now,
             input: input.clone(),
@@ -162,7 +168,7 @@ impl Engine {
             status: saga.status.as_str().to_owned(),
             version: saga.version,
         };
-        match machine::apply(definition, &saga, input, now) {
+        match machine::apply(&definition, &saga, input, now) {
             Outcome::Applied(transition) => {
                 observe(&saga, &transition.saga);
                 let (mut messages, sent) = caused(&transition.saga, &transition, cause);
@@ -245,16 +251,15 @@ impl Engine {
                 warn!(%saga_id, message_type = %message.message_type, "reply for an unknown saga; dropped");
                 continue;
             };
-            let definition = self
-                .definition(&saga.definition)
-                .ok_or_else(|| EngineError::UnknownDefinition(saga.definition.clone()))?;
+            let definition = self.versions.of(tx, saga).await?;
             let input = Input::Reply {
                 message_type: message.message_type.clone(),
                 payload: message.payload.clone(),
             };
             let offset = offsets.entry(saga_id).or_insert(0);
             *offset += 1;
-            let (after, applied, note, sent) = match machine::apply(definition, saga, &input, now) {
+            let (after, applied, note, sent) = match machine::apply(&definition, saga, &input, now)
+            {
                 Outcome::Applied(transition) => {
                     observe(saga, &transition.saga);
                     let (messages, sent) = caused(&transition.saga, &transition, Some(message));
@@ -265,6 +270,7 @@ impl Engine {
             };
             entries.push(repo::Entry {
                 saga_id,
+                definition_version: after.definition_version.clone(),
                 offset: *offset,
                 at: now,
                 input,
@@ -312,6 +318,7 @@ impl Engine {
                 .ok_or_else(|| EngineError::UnknownDefinition(start.saga.clone()))?;
             let transition = machine::start(definition, start.saga_id, start.input.clone(), now)
                 .map_err(EngineError::BadInput)?;
+            self.versions.record(tx, definition).await?;
             if seen.insert(start.saga_id) {
                 started.push((*message, start, transition));
             } else {
@@ -338,6 +345,7 @@ impl Engine {
             caused_all.extend(messages);
             entries.push(repo::Entry {
                 saga_id: start.saga_id,
+                definition_version: transition.saga.definition_version.clone(),
                 offset: 1,
                 at: now,
                 input: Input::Start { input: start.input },

@@ -5,6 +5,8 @@
 //!   write the commands to the outbox, commit; the `saga.evt.updated` event (live: transient,
 //!   no outbox row on the hot path) is handed to the relay with them after the commit.
 //! - [`repo`]: the SQL of `sagas.sagas` and `sagas.saga_log`.
+//! - [`versions`]: the definition versions sagas run on; each saga advances by the one it
+//!   started under, kept in `sagas.definitions`.
 //! - [`view`]: the saga as people see it.
 //! - [`sweeper`]: claims sagas whose deadline passed (`FOR UPDATE SKIP LOCKED`, so any number of
 //!   orchestrators can run) and feeds them a timeout.
@@ -16,6 +18,7 @@ pub mod engine;
 pub mod queries;
 pub mod repo;
 pub mod sweeper;
+pub mod versions;
 pub mod view;
 
 pub use engine::{Engine, EngineError};

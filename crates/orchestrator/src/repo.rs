@@ -20,6 +20,8 @@ pub struct LogEntry {
     pub commands: sqlx::types::Json<Value>,
     pub status: String,
     pub version: i64,
+    /// The definition version the entry was applied under (none before versions were kept).
+    pub definition_version: Option<String>,
 }
 
 /// Inserts a new saga; `false` when one with this id exists already.
@@ -120,8 +122,8 @@ pub async fn append(
 ) -> Result<(), sqlx::Error> {
     sqlx::query(
         "INSERT INTO sagas.saga_log (saga_id, seq, at, input, message_id, applied, note, \
-         commands, status, version) \
-         SELECT $1, coalesce(max(seq), 0) + 1, $2, $3, $4, $5, $6, $7, $8, $9 \
+         commands, status, version, definition_version) \
+         SELECT $1, coalesce(max(seq), 0) + 1, $2, $3, $4, $5, $6, $7, $8, $9, $10 \
          FROM sagas.saga_log WHERE saga_id = $1",
     )
     .bind(saga.id)
@@ -133,6 +135,7 @@ pub async fn append(
     .bind(sqlx::types::Json(commands))
     .bind(saga.status.as_str())
     .bind(saga.version)
+    .bind(saga.definition_version.as_deref())
     .execute(tx)
     .await?;
     Ok(())
@@ -141,7 +144,8 @@ pub async fn append(
 /// A saga's whole log, in order.
 pub async fn log<'e>(db: impl PgExecutor<'e>, saga_id: Uuid) -> Result<Vec<LogEntry>, sqlx::Error> {
     sqlx::query_as(
-        "SELECT seq, at, input, message_id, applied, note, commands, status, version \
+        "SELECT seq, at, input, message_id, applied, note, commands, status, version, \
+                definition_version \
          FROM sagas.saga_log WHERE saga_id = $1 ORDER BY seq",
     )
     .bind(saga_id)
@@ -229,6 +233,8 @@ pub async fn insert_all(
 #[derive(Debug)]
 pub struct Entry {
     pub saga_id: Uuid,
+    /// The definition version the input was applied under.
+    pub definition_version: Option<String>,
     /// Where the entry goes after the saga's stored log: 1 for the first entry of this saga
     /// in the statement, 2 for the next. The log position itself is read by the statement
     /// that writes it, after this transaction holds the saga's lock, so it never comes from
@@ -284,16 +290,16 @@ pub async fn save_all(
              WHERE s.saga_id = u.saga_id AND s.version = u.was RETURNING 1), \
          logged AS ( \
              INSERT INTO sagas.saga_log (saga_id, seq, at, input, message_id, applied, note, \
-                                         commands, status, version) \
+                                         commands, status, version, definition_version) \
              SELECT e.saga_id, coalesce((SELECT max(l.seq) FROM sagas.saga_log l \
                                          WHERE l.saga_id = e.saga_id), 0) + e.offset_by, \
                     e.at, e.input, e.message_id, e.applied, e.note, e.commands, e.status, \
-                    e.version \
+                    e.version, e.definition_version \
              FROM UNNEST($9::uuid[], $10::int4[], $11::timestamptz[], $12::jsonb[], \
                          $13::uuid[], $14::bool[], $15::text[], $16::jsonb[], $17::text[], \
-                         $18::int8[]) \
+                         $18::int8[], $19::text[]) \
                   AS e(saga_id, offset_by, at, input, message_id, applied, note, commands, \
-                       status, version) \
+                       status, version, definition_version) \
              RETURNING 1) \
          SELECT (SELECT count(*) FROM saved), (SELECT count(*) FROM logged)",
     )
@@ -330,6 +336,12 @@ pub async fn save_all(
             .collect::<Vec<_>>(),
     )
     .bind(entries.iter().map(|e| e.version).collect::<Vec<_>>())
+    .bind(
+        entries
+            .iter()
+            .map(|e| e.definition_version.as_deref())
+            .collect::<Vec<_>>(),
+    )
     .fetch_one(tx)
     .await?;
     if saved == sagas.len() as i64 && logged == entries.len() as i64 {

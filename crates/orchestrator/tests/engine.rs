@@ -434,3 +434,96 @@ async fn concurrent_groups_on_the_same_sagas_log_in_turn(pool: PgPool) {
         assert_eq!(repo::get(&pool, id).await.unwrap().unwrap().version, 2);
     }
 }
+
+/// Checkout with its first two steps swapped: reserve the stock, then create the order.
+fn reordered_checkout() -> Definition {
+    let mut definition = checkout();
+    definition.steps.swap(0, 1);
+    definition.version = Some("reordered".into());
+    definition
+}
+
+async fn handle_group(engine: &Engine, pool: &PgPool, messages: &[&Envelope]) -> Vec<Envelope> {
+    let mut tx = pool.begin().await.unwrap();
+    let out = store::TxHandler::apply_all(engine, &mut tx, messages)
+        .await
+        .unwrap();
+    tx.commit().await.unwrap();
+    out
+}
+
+#[sqlx::test(migrations = "../../migrations")]
+async fn a_saga_keeps_the_definition_version_it_started_under(pool: PgPool) {
+    let (v1, v2) = (checkout(), reordered_checkout());
+    assert_ne!(v1.digest(), v2.digest());
+    let old = Uuid::now_v7();
+    let before = Engine::new(pool.clone(), vec![v1.clone()]);
+    let sent = handle(&before, &pool, &start_message(old)).await;
+    assert_eq!(types(&sent), ["order.cmd.create", "saga.evt.updated"]);
+    let order_id = sent[0].payload["order_id"].clone();
+
+    // The orchestrator restarts on the reordered definition: a new engine, which has never
+    // seen the first version and must read it back from the database.
+    let after = Engine::new(pool.clone(), vec![v2.clone()]);
+    let new = Uuid::now_v7();
+    let sent = handle(&after, &pool, &start_message(new)).await;
+    assert_eq!(types(&sent), ["inventory.cmd.reserve", "saga.evt.updated"]);
+
+    // The old saga's order is created: by its own version the stock comes next (by the new
+    // one, the order would have been its second step and payment would come next).
+    let created = reply(old, "order.evt.created", json!({"order_id": order_id}));
+    let sent = handle_group(&after, &pool, &[&created]).await;
+    assert_eq!(types(&sent), ["inventory.cmd.reserve", "saga.evt.updated"]);
+    let total = json!({"order_id": order_id, "total_cents": 1200});
+    let reserved = reply(old, "inventory.evt.reserved", total);
+    let sent = handle(&after, &pool, &reserved).await;
+    assert_eq!(types(&sent), ["payment.cmd.charge", "saga.evt.updated"]);
+
+    let versions: Vec<(Uuid, Option<String>)> = sqlx::query_as(
+        "SELECT saga_id, definition_version FROM sagas.sagas ORDER BY created_at, saga_id",
+    )
+    .fetch_all(&pool)
+    .await
+    .unwrap();
+    assert_eq!(
+        versions,
+        [(old, Some(v1.digest())), (new, Some(v2.digest()))]
+    );
+    let logged: Vec<Option<String>> =
+        sqlx::query_scalar("SELECT definition_version FROM sagas.saga_log WHERE saga_id = $1")
+            .bind(old)
+            .fetch_all(&pool)
+            .await
+            .unwrap();
+    assert_eq!(logged, vec![Some(v1.digest()); 3]);
+    let stored: Vec<(String, Option<String>)> =
+        sqlx::query_as("SELECT digest, label FROM sagas.definitions ORDER BY first_used_at")
+            .fetch_all(&pool)
+            .await
+            .unwrap();
+    assert_eq!(
+        stored,
+        [(v1.digest(), None), (v2.digest(), Some("reordered".into()))]
+    );
+
+    // The old saga's log replays through its own version to its stored state.
+    let log = repo::log(&pool, old).await.unwrap();
+    let (replayed, _) = machine::replay(&v1, old, log.iter().map(|e| (&e.input.0, e.at))).unwrap();
+    assert_eq!(replayed, repo::get(&pool, old).await.unwrap().unwrap());
+}
+
+#[sqlx::test(migrations = "../../migrations")]
+async fn a_restarted_orchestrator_reads_back_the_versions_sagas_still_run_on(pool: PgPool) {
+    let before = Engine::new(pool.clone(), vec![checkout()]);
+    handle(&before, &pool, &start_message(Uuid::now_v7())).await;
+    let after = Engine::new(pool.clone(), vec![reordered_checkout()]);
+    let loaded = after.versions().register(&pool).await.unwrap();
+    assert_eq!(loaded, [checkout().version_name()]);
+    // Both versions' replies are bound, and the new current one is stored.
+    assert_eq!(after.versions().known().len(), 2);
+    let stored: i64 = sqlx::query_scalar("SELECT count(*) FROM sagas.definitions")
+        .fetch_one(&pool)
+        .await
+        .unwrap();
+    assert_eq!(stored, 2);
+}

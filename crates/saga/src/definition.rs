@@ -16,6 +16,7 @@ use std::time::Duration;
 
 use contracts::Schemas;
 use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
 
 use crate::duration;
 
@@ -28,6 +29,9 @@ pub struct Definition {
     pub name: String,
     #[serde(default)]
     pub description: String,
+    /// A label for people (`"2"`, `"2026-12 reorder"`); the version itself is [`Self::digest`].
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub version: Option<String>,
     /// Context keys a start request must carry.
     pub input: Vec<String>,
     /// How compensations are re-sent when they time out.
@@ -199,6 +203,32 @@ pub enum CheckError {
 }
 
 impl Definition {
+    /// The version of this definition: the first 16 hex digits of the SHA-256 of its canonical
+    /// form (the parsed definition as JSON, fields in declaration order), so the layout, comments
+    /// and key order of the file do not count, and neither do the `description` and `version`
+    /// labels, which change nothing a saga does. Every saga is pinned to the digest it started
+    /// under.
+    pub fn digest(&self) -> String {
+        let canonical = Self {
+            description: String::new(),
+            version: None,
+            ..self.clone()
+        };
+        let bytes = serde_json::to_vec(&canonical).expect("a definition serializes");
+        Sha256::digest(&bytes)[..8]
+            .iter()
+            .map(|b| format!("{b:02x}"))
+            .collect()
+    }
+
+    /// `name@digest`, with the human label after it when there is one.
+    pub fn version_name(&self) -> String {
+        match &self.version {
+            Some(label) => format!("{}@{} ({label})", self.name, self.digest()),
+            None => format!("{}@{}", self.name, self.digest()),
+        }
+    }
+
     pub fn from_toml(text: &str) -> Result<Self, String> {
         toml::from_str(text).map_err(|e| e.to_string())
     }
@@ -391,6 +421,63 @@ mod tests {
             definition.reply("inventory.evt.released"),
             Some((1, ReplyKind::Compensated))
         );
+    }
+
+    #[test]
+    fn the_digest_ignores_layout_comments_key_order_and_labels() {
+        let original = checkout();
+        // The same definition written otherwise: comments gone, keys of each table reversed,
+        // blank lines and indentation changed, a description and a version label added.
+        let mut rewritten = String::new();
+        let mut table: Vec<&str> = Vec::new();
+        let flush = |table: &mut Vec<&str>, out: &mut String| {
+            for line in table.drain(..).rev() {
+                out.push_str("   ");
+                out.push_str(line);
+                out.push('\n');
+            }
+        };
+        for line in CHECKOUT.lines().map(str::trim) {
+            if line.is_empty() || line.starts_with('#') || line.starts_with("description") {
+                continue;
+            }
+            if line.starts_with('[') {
+                flush(&mut table, &mut rewritten);
+                rewritten.push_str("\n\n");
+                rewritten.push_str(line);
+                rewritten.push('\n');
+            } else {
+                table.push(line);
+            }
+        }
+        flush(&mut table, &mut rewritten);
+        let rewritten = rewritten.replacen(
+            "\n\n[",
+            "description = \"told otherwise\"\nversion = \"7\"\n\n[",
+            1,
+        );
+        let reparsed = Definition::from_toml(&rewritten).unwrap();
+        assert_ne!(reparsed, original, "the labels differ, so the parse does");
+        assert_eq!(reparsed.version.as_deref(), Some("7"));
+        assert_eq!(reparsed.digest(), original.digest());
+        assert_eq!(original.digest().len(), 16);
+    }
+
+    #[test]
+    fn the_digest_changes_with_anything_a_saga_does() {
+        let original = checkout();
+        let mut reordered = checkout();
+        reordered.steps.swap(0, 1);
+        let mut slower = checkout();
+        slower.steps[1].timeout = Some(Duration::from_secs(99));
+        let mut fewer = checkout();
+        fewer.steps.pop();
+        let digests: BTreeSet<String> = [&original, &reordered, &slower, &fewer]
+            .iter()
+            .map(|d| d.digest())
+            .collect();
+        assert_eq!(digests.len(), 4, "{digests:?}");
+        assert!(original.version_name().starts_with("checkout@"));
     }
 
     #[test]

@@ -96,6 +96,10 @@ pub struct StepState {
 pub struct Saga {
     pub id: Uuid,
     pub definition: String,
+    /// The [`Definition::digest`] the saga started under, which it keeps to its end. None for
+    /// sagas started before versions were recorded: those follow the definition of their name.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub definition_version: Option<String>,
     pub status: SagaStatus,
     /// The step in progress (forward or being compensated); the last one touched once done.
     pub current: usize,
@@ -167,6 +171,9 @@ pub struct Transition {
     pub note: String,
 }
 
+// An outcome is moved out of `apply` once and taken apart at once; boxing the common
+// variant would only add an allocation per transition.
+#[allow(clippy::large_enum_variant)]
 #[derive(Debug, Clone, PartialEq)]
 pub enum Outcome {
     Applied(Transition),
@@ -197,6 +204,7 @@ pub fn start(
     let saga = Saga {
         id,
         definition: definition.name.clone(),
+        definition_version: Some(definition.digest()),
         status: SagaStatus::Running,
         current: 0,
         steps: definition

@@ -140,9 +140,9 @@ WITH template AS (
     FROM copies
 )
 INSERT INTO sagas.saga_log (saga_id, seq, at, input, message_id, applied, note, commands,
-                            status, version)
+                            status, version, definition_version)
 SELECT c.copy_id, l.seq, c.copy_at, l.input, gen_random_uuid(), l.applied, l.note, l.commands,
-       l.status, l.version
+       l.status, l.version, l.definition_version
 FROM copies c JOIN sagas.saga_log l ON l.saga_id = c.saga_id";
 
 /// `$1` copies of delivered notifications, about facts of their own.

@@ -326,6 +326,14 @@ impl Components {
 
     async fn orchestrator(&self, tasks: &mut Tasks) -> anyhow::Result<()> {
         let engine = Engine::new(self.pool.clone(), definitions(&self.settings)?);
+        // Before the first delivery: the current versions are stored, and the older ones that
+        // sagas still run on are read back.
+        for definition in engine.versions().current_all() {
+            info!(version = %definition.version_name(), "new sagas start on this definition");
+        }
+        for version in engine.versions().register(&self.pool).await? {
+            info!(%version, "sagas still run on this older definition");
+        }
         let handoff = self.relay(tasks, orchestrator::SCHEMA).await?;
         let handler = Arc::new(
             Transactional::new(

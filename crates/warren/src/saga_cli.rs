@@ -2,9 +2,10 @@
 //!
 //! - `list`, `show`: sagas, and one saga's timeline as its log recorded it (what each input
 //!   did and what it sent), like Temporal's `workflow list` / `workflow show`.
-//! - `replay`: folds recorded logs through the current definitions (or a file) and reports the
-//!   first place where the result parts from what was recorded: the check that a definition
-//!   change is safe for sagas already in flight.
+//! - `replay`: folds recorded logs through the definition version each saga ran on (or a file)
+//!   and reports the first place where the result parts from what was recorded: the check that
+//!   the machine still reproduces history, and, with a file, that a change fits sagas in flight.
+//! - `versions`: the definition versions sagas run on, with counts (in [`crate::saga_versions`]).
 //! - `retry`, `cancel`: operator inputs, applied by the orchestrator's engine in one
 //!   transaction with the commands they cause (through the outbox, like any transition).
 //! - `check`, `graph`: static checks and a Mermaid picture of definitions; no database.
@@ -56,10 +57,17 @@ pub enum SagaCommand {
     Show { id: Uuid },
     /// Replays recorded logs and reports where they diverge.
     ///
-    /// Folds each log through the current definitions (or `--definition`) and compares every
-    /// transition and the final state with what was recorded. Exits 1 at the first
+    /// Folds each log through the definition version the saga started under (or
+    /// `--definition`) and compares every transition and the final state with what was
+    /// recorded. Exits 1 at the first
     /// divergence, 3 when there is no such saga.
     Replay(ReplayArgs),
+    /// The definition versions sagas run on.
+    ///
+    /// Each version with how many sagas are running, compensating, failed, completed and
+    /// compensated on it; the current one (new sagas start on it) and the ones that can be
+    /// retired (no saga can advance on them any more).
+    Versions,
     /// Re-drives a saga from where it stands.
     ///
     /// Sends its current step (or the compensation in progress) again with fresh attempts.
@@ -125,7 +133,8 @@ pub struct ReplayArgs {
     /// With `--all`: only sagas created since (RFC 3339, a date, or `30m`, `1h`, `2d`).
     #[arg(long, value_parser = since, requires = "all")]
     since: Option<DateTime<Utc>>,
-    /// A definition file that replaces the current definition of the same name.
+    /// A definition file to replay every saga of its name through, whatever version it
+    /// started under.
     #[arg(long)]
     definition: Option<PathBuf>,
 }
@@ -139,6 +148,10 @@ pub async fn execute(
         SagaCommand::List(args) => list(settings, args, json).await,
         SagaCommand::Show { id } => show(settings, id, json).await,
         SagaCommand::Replay(args) => replay(settings, args, json).await,
+        SagaCommand::Versions => {
+            let pool = connect(settings).await?;
+            crate::saga_versions::versions(settings, &pool, json).await
+        }
         SagaCommand::Retry { id } => operate(settings, id, Input::Retry, json).await,
         SagaCommand::Cancel { id, reason } => {
             operate(settings, id, Input::Cancel { reason }, json).await
@@ -218,12 +231,20 @@ async fn list(settings: &Settings, args: ListArgs, json: bool) -> anyhow::Result
         return Ok(ExitCode::SUCCESS);
     }
     let now = Utc::now();
-    let mut table = Table::new(&["id", "saga", "state", "step", "created", "age", "error"]);
+    let mut table = Table::new(&[
+        "id", "saga", "version", "state", "step", "created", "age", "error",
+    ]);
     for saga in &sagas {
         let shown = view::of(saga);
         table.row(vec![
             (saga.id.to_string(), None),
             (saga.definition.clone(), None),
+            (
+                saga.definition_version
+                    .clone()
+                    .unwrap_or_else(|| "-".into()),
+                None,
+            ),
             (shown.state.clone(), Some(state_style(&shown.state))),
             (shown.current_step.unwrap_or_else(|| "-".into()), None),
             (
@@ -293,6 +314,8 @@ struct StepSummary {
 #[derive(Debug, Serialize)]
 struct Shown {
     saga: SagaView,
+    /// The definition version the saga advances by (none: started before versions were kept).
+    definition_version: Option<String>,
     deadline: Option<DateTime<Utc>>,
     timeline: Vec<TimelineEntry>,
     steps: Vec<StepSummary>,
@@ -338,6 +361,7 @@ fn timeline(saga: &Saga, log: &[LogEntry]) -> Shown {
         .collect();
     Shown {
         saga: view::of(saga),
+        definition_version: saga.definition_version.clone(),
         deadline: saga.deadline,
         timeline,
         steps,
@@ -367,6 +391,13 @@ fn print_timeline(shown: &Shown) {
         saga.saga,
         paint(&saga.state, state_style(&saga.state))
     );
+    match &shown.definition_version {
+        Some(digest) => println!("definition version {}@{digest}", saga.saga),
+        None => println!(
+            "definition version: none recorded (started before versions were kept; follows the current {})",
+            saga.saga
+        ),
+    }
     println!(
         "created {}, updated {} ({} in all)",
         saga.created_at.format("%Y-%m-%d %H:%M:%S%.3f UTC"),
@@ -592,7 +623,14 @@ fn replay_log(definition: &Definition, stored: &Saga, log: &[LogEntry]) -> Repla
         });
     }
     let differences = match &saga {
-        Some(replayed) => differences(stored, replayed),
+        Some(replayed) => {
+            // The version a replay runs under is chosen, not reproduced.
+            let replayed = Saga {
+                definition_version: stored.definition_version.clone(),
+                ..replayed.clone()
+            };
+            differences(stored, &replayed)
+        }
         None => vec![Difference {
             field: "saga".into(),
             stored: stored.status.as_str().into(),
@@ -757,52 +795,75 @@ fn differences(stored: &Saga, replayed: &Saga) -> Vec<Difference> {
     out
 }
 
-/// The definitions to replay with: the current ones, the file's replacing the one of its name.
-fn replay_definitions(
-    settings: &Settings,
-    file: Option<&Path>,
-) -> anyhow::Result<(BTreeMap<String, Definition>, Option<String>)> {
-    let mut definitions: BTreeMap<String, Definition> = crate::run::definitions(settings)?
-        .into_iter()
-        .map(|d| (d.name.clone(), d))
-        .collect();
-    let mut replaced = None;
-    if let Some(file) = file {
-        let definition = Definition::load(file, &Schemas::embedded())?;
-        replaced = Some(definition.name.clone());
-        definitions.insert(definition.name.clone(), definition);
-    }
-    Ok((definitions, replaced))
+/// The definitions to replay with. By default each saga's own version, read back from
+/// `sagas.definitions` (the current definition of its name for a saga started before versions
+/// were kept); with `--definition`, the file for every saga of its name.
+struct ReplayWith {
+    current: BTreeMap<String, Definition>,
+    stored: BTreeMap<(String, String), Definition>,
+    file: Option<Definition>,
 }
 
-fn replay_one(
-    definitions: &BTreeMap<String, Definition>,
-    saga: &Saga,
-    log: &[LogEntry],
-) -> Replayed {
-    match definitions.get(&saga.definition) {
-        Some(definition) => replay_log(definition, saga, log),
-        None => unreplayable(
-            saga,
-            format!(
-                "no definition named {:?} to replay it with (known: {})",
-                saga.definition,
-                definitions.keys().cloned().collect::<Vec<_>>().join(", ")
-            ),
-        ),
+impl ReplayWith {
+    async fn load(settings: &Settings, pool: &PgPool, file: Option<&Path>) -> anyhow::Result<Self> {
+        let current = crate::run::definitions(settings)?
+            .into_iter()
+            .map(|d| (d.name.clone(), d))
+            .collect();
+        let file = file
+            .map(|f| Definition::load(f, &Schemas::embedded()))
+            .transpose()?;
+        let mut db = pool.acquire().await.db("reading definition versions")?;
+        let stored = orchestrator::versions::load_all(&mut db).await?;
+        Ok(Self {
+            current,
+            stored,
+            file,
+        })
+    }
+
+    fn for_saga(&self, saga: &Saga) -> Result<&Definition, String> {
+        if let Some(file) = self.file.as_ref().filter(|f| f.name == saga.definition) {
+            return Ok(file);
+        }
+        match &saga.definition_version {
+            Some(digest) => self
+                .stored
+                .get(&(saga.definition.clone(), digest.clone()))
+                .ok_or_else(|| {
+                    format!(
+                        "its version {}@{digest} is not in sagas.definitions",
+                        saga.definition
+                    )
+                }),
+            None => self.current.get(&saga.definition).ok_or_else(|| {
+                format!(
+                    "no definition named {:?} to replay it with (known: {})",
+                    saga.definition,
+                    self.current.keys().cloned().collect::<Vec<_>>().join(", ")
+                )
+            }),
+        }
+    }
+
+    fn replay(&self, saga: &Saga, log: &[LogEntry]) -> Replayed {
+        match self.for_saga(saga) {
+            Ok(definition) => replay_log(definition, saga, log),
+            Err(reason) => unreplayable(saga, reason),
+        }
     }
 }
 
 async fn replay(settings: &Settings, args: ReplayArgs, json: bool) -> anyhow::Result<ExitCode> {
-    let (definitions, replaced) = replay_definitions(settings, args.definition.as_deref())?;
     let pool = connect(settings).await?;
+    let with = ReplayWith::load(settings, &pool, args.definition.as_deref()).await?;
     let Some(id) = args.id else {
-        return replay_all(&pool, &definitions, args.since, json).await;
+        return replay_all(&pool, &with, args.since, json).await;
     };
     let Some((saga, log)) = snapshot(&pool, id).await? else {
         return Ok(not_found(id));
     };
-    if let (Some(name), Some(file)) = (&replaced, &args.definition)
+    if let (Some(name), Some(file)) = (with.file.as_ref().map(|f| &f.name), &args.definition)
         && *name != saga.definition
     {
         anyhow::bail!(
@@ -811,13 +872,16 @@ async fn replay(settings: &Settings, args: ReplayArgs, json: bool) -> anyhow::Re
             saga.definition
         );
     }
-    let replayed = replay_one(&definitions, &saga, &log);
+    let replayed = with.replay(&saga, &log);
     if json {
         output::json(&replayed)?;
     } else {
         let source = match &args.definition {
             Some(file) => file.display().to_string(),
-            None => "the current definition".into(),
+            None => match &saga.definition_version {
+                Some(digest) => format!("its own version {}@{digest}", saga.definition),
+                None => "the current definition".into(),
+            },
         };
         print_replay(&replayed, &source);
     }
@@ -898,7 +962,7 @@ struct ReplaySummary {
 
 async fn replay_all(
     pool: &PgPool,
-    definitions: &BTreeMap<String, Definition>,
+    with: &ReplayWith,
     since: Option<DateTime<Utc>>,
     json: bool,
 ) -> anyhow::Result<ExitCode> {
@@ -911,7 +975,7 @@ async fn replay_all(
         let Some((saga, log)) = snapshot(pool, listed.id).await? else {
             continue;
         };
-        let replayed = replay_one(definitions, &saga, &log);
+        let replayed = with.replay(&saga, &log);
         summaries.push(ReplaySummary {
             saga_id: saga.id,
             saga: saga.definition.clone(),
@@ -1463,6 +1527,7 @@ mod tests {
                 commands: Json(json!([])),
                 status: current.status.as_str().into(),
                 version: current.version,
+                definition_version: current.definition_version.clone(),
             });
         }
         (saga.unwrap(), log)
@@ -1730,15 +1795,23 @@ mod tests {
     #[test]
     fn a_saga_without_its_definition_cannot_be_replayed() {
         let (stored, log) = record(&checkout(), &declined());
-        let replayed = replay_one(&BTreeMap::new(), &stored, &log);
+        let nothing = ReplayWith {
+            current: BTreeMap::new(),
+            stored: BTreeMap::new(),
+            file: None,
+        };
+        // Its own version is not stored.
+        let replayed = nothing.replay(&stored, &log);
         assert!(!replayed.ok());
-        assert!(
-            replayed
-                .divergence
-                .unwrap()
-                .reason
-                .contains("no definition named")
-        );
+        let reason = replayed.divergence.unwrap().reason;
+        assert!(reason.contains("is not in sagas.definitions"), "{reason}");
+        // Started before versions were kept, and no definition of its name is loaded.
+        let legacy = Saga {
+            definition_version: None,
+            ..stored
+        };
+        let reason = nothing.replay(&legacy, &log).divergence.unwrap().reason;
+        assert!(reason.contains("no definition named"), "{reason}");
     }
 
     #[test]

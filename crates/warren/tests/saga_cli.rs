@@ -7,7 +7,7 @@ mod support;
 
 use std::path::{Path, PathBuf};
 
-use serde_json::Value;
+use serde_json::{Value, json};
 use support::{System, saga_id};
 
 /// What one `warren` run printed and how it ended.
@@ -288,6 +288,56 @@ async fn show_and_replay_explain_completed_and_compensated_checkouts() {
         "{}",
         human.stdout
     );
+
+    // Both ran on one version of checkout, the current one, and nothing can be retired. Seen
+    // from a folder where checkout has changed, that version is no longer the one new sagas
+    // start on, and with no saga left to advance on it, it could be retired.
+    let version = shown["definition_version"].as_str().unwrap().to_owned();
+    let checkout_versions = |all: Value| -> Vec<Value> {
+        all.as_array()
+            .unwrap()
+            .iter()
+            .filter(|v| v["saga"] == "checkout")
+            .cloned()
+            .collect()
+    };
+    let versions = checkout_versions(
+        warren(&system, &["saga", "versions", "--json"])
+            .await
+            .expect(0)
+            .json(),
+    );
+    assert_eq!(versions.len(), 1, "{versions:?}");
+    let v = &versions[0];
+    assert_eq!(v["digest"], version.as_str(), "{v}");
+    assert_eq!(
+        (&v["completed"], &v["compensated"], &v["running"]),
+        (&json!(1), &json!(1), &json!(0))
+    );
+    assert_eq!(
+        (&v["current"], &v["retirable"]),
+        (&json!(true), &json!(false)),
+        "{v}"
+    );
+    let changed = run(
+        &["saga", "versions", "--json"],
+        &system.database_url,
+        Path::new(swapped).parent(),
+    )
+    .await
+    .expect(0)
+    .json();
+    let v = &checkout_versions(changed)[0];
+    assert_eq!(v["digest"], version.as_str(), "{v}");
+    assert_eq!(
+        (&v["current"], &v["retirable"]),
+        (&json!(false), &json!(true)),
+        "{v}"
+    );
+    let human = warren(&system, &["saga", "list", "--saga", "checkout"])
+        .await
+        .expect(0);
+    assert!(human.stdout.contains(&version), "{}", human.stdout);
 
     // Listing, newest first; retrying a completed saga changes nothing; unknown ids are 3.
     let listed = warren(&system, &["saga", "list", "--json"])
