@@ -109,7 +109,9 @@ impl Engine {
             Ok(transition) => transition,
             Err(reason) => return Err(EngineError::BadInput(reason)),
         };
-        self.versions.record(tx, definition).await?;
+        self.versions
+            .record(tx, definition, started_under(&transition))
+            .await?;
         let traceparent = cause.and_then(|c| c.traceparent.as_deref());
         if !repo::insert(
             tx,
@@ -318,7 +320,9 @@ impl Engine {
                 .ok_or_else(|| EngineError::UnknownDefinition(start.saga.clone()))?;
             let transition = machine::start(definition, start.saga_id, start.input.clone(), now)
                 .map_err(EngineError::BadInput)?;
-            self.versions.record(tx, definition).await?;
+            self.versions
+                .record(tx, definition, started_under(&transition))
+                .await?;
             if seen.insert(start.saga_id) {
                 started.push((*message, start, transition));
             } else {
@@ -501,6 +505,15 @@ fn caused(
         cause,
     ));
     (messages, Value::Array(sent))
+}
+
+/// The version a new saga was pinned to by `machine::start`.
+fn started_under(transition: &Transition) -> &str {
+    transition
+        .saga
+        .definition_version
+        .as_deref()
+        .expect("machine::start pins every new saga to its definition's digest")
 }
 
 fn correlate(message: Envelope, saga_id: Uuid, cause: Option<&Envelope>) -> Envelope {

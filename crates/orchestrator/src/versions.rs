@@ -91,29 +91,30 @@ impl Versions {
         known.get(digest).cloned()
     }
 
-    /// Makes sure the version a saga starts under is in `sagas.definitions` once `tx` commits.
-    /// After the first commit that wrote or found it, this costs nothing.
+    /// Makes sure the version a saga starts under (`digest`, the one its start recorded) is in
+    /// `sagas.definitions` once `tx` commits. After the first commit that wrote or found it,
+    /// this costs a set lookup.
     pub async fn record(
         &self,
         tx: &mut PgConnection,
         definition: &Definition,
+        digest: &str,
     ) -> Result<(), EngineError> {
-        let digest = definition.digest();
         if self
             .stored
             .lock()
             .unwrap_or_else(PoisonError::into_inner)
-            .contains(&digest)
+            .contains(digest)
         {
             return Ok(());
         }
-        let existed = store(tx, definition, &digest).await?;
+        let existed = store(tx, definition, digest).await?;
         if existed {
             // Committed by an earlier transaction: this one cannot roll it back.
             self.stored
                 .lock()
                 .unwrap_or_else(PoisonError::into_inner)
-                .insert(digest);
+                .insert(digest.to_owned());
         }
         Ok(())
     }
