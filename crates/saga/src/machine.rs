@@ -8,7 +8,9 @@
 //! that may have taken effect, latest first. Past the pivot the saga only goes forward.
 //! Compensations are re-sent with capped back-off; when they run out the saga is `failed` and
 //! waits for an operator. Stale and duplicate replies are ignored; a success that arrives
-//! after its step was given up on is undone by sending the compensation again.
+//! after its step was given up on is undone by sending the compensation again, or, past the
+//! pivot (where nothing is undone), carries the saga on. An input the engine cannot apply to
+//! one saga halts that saga alone ([`Input::Halt`]).
 
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
@@ -140,6 +142,13 @@ pub enum Input {
     Cancel {
         reason: String,
     },
+    /// The engine could not apply an input to this saga (its definition version cannot be
+    /// read, or its transition panicked): the saga stops where it stands and waits for an
+    /// operator, so that the sagas around it go on. Logged in place of the input it could not
+    /// apply, so that replaying the log reproduces the saga.
+    Halt {
+        reason: String,
+    },
 }
 
 impl Input {
@@ -150,6 +159,7 @@ impl Input {
             Self::Timeout => "timeout".into(),
             Self::Retry => "operator retry".into(),
             Self::Cancel { reason } => format!("operator cancel ({reason})"),
+            Self::Halt { reason } => format!("halt ({reason})"),
         }
     }
 }
@@ -243,6 +253,7 @@ pub fn apply(definition: &Definition, saga: &Saga, input: &Input, now: DateTime<
         Input::Timeout => run.timeout(),
         Input::Retry => run.retry(),
         Input::Cancel { reason } => run.cancel(reason),
+        Input::Halt { reason } => run.halt(reason),
     }
 }
 
@@ -424,23 +435,16 @@ impl<'a> Run<'a> {
         let current = i == self.saga.current;
         match (self.saga.status, kind, step_status) {
             (SagaStatus::Running, ReplyKind::Success, StepStatus::Running) if current => {
-                if let Value::Object(fields) = payload {
-                    self.saga
-                        .context
-                        .extend(fields.iter().map(|(k, v)| (k.clone(), v.clone())));
-                }
-                let state = &mut self.saga.steps[i];
-                state.status = StepStatus::Succeeded;
-                state.finished_at = Some(self.now);
-                if i + 1 < self.definition.steps.len() {
-                    self.send_step(i + 1);
-                    let next = self.name(i + 1);
-                    self.applied(format!("{name} succeeded; {next} sent"))
-                } else {
-                    self.saga.status = SagaStatus::Completed;
-                    self.saga.deadline = None;
-                    self.applied(format!("{name} succeeded; saga completed"))
-                }
+                self.succeed(i, payload)
+            }
+            (SagaStatus::Failed, ReplyKind::Success, StepStatus::Running)
+                if current && self.past_pivot(i) =>
+            {
+                // The step ran out of attempts past the pivot, and then took effect after all:
+                // the saga goes on from it as if the success had come in time.
+                self.saga.error = None;
+                self.saga.context.remove(FAILURE_REASON);
+                self.succeed(i, payload)
             }
             (SagaStatus::Running, ReplyKind::Failure, StepStatus::Running) if current => {
                 let reason = payload
@@ -486,6 +490,44 @@ impl<'a> Run<'a> {
                 self.saga.status.as_str()
             )),
         }
+    }
+
+    /// Step `i` succeeded: its reply's fields join the context and the next step starts, or the
+    /// saga is complete.
+    fn succeed(mut self, i: usize, payload: &Value) -> Outcome {
+        let name = self.name(i);
+        if let Value::Object(fields) = payload {
+            self.saga
+                .context
+                .extend(fields.iter().map(|(k, v)| (k.clone(), v.clone())));
+        }
+        let state = &mut self.saga.steps[i];
+        state.status = StepStatus::Succeeded;
+        state.finished_at = Some(self.now);
+        self.saga.status = SagaStatus::Running;
+        if i + 1 < self.definition.steps.len() {
+            self.send_step(i + 1);
+            let next = self.name(i + 1);
+            self.applied(format!("{name} succeeded; {next} sent"))
+        } else {
+            self.saga.status = SagaStatus::Completed;
+            self.saga.deadline = None;
+            self.applied(format!("{name} succeeded; saga completed"))
+        }
+    }
+
+    /// Stops the saga where it stands, for an operator: see [`Input::Halt`].
+    fn halt(mut self, reason: &str) -> Outcome {
+        if self.saga.status.is_terminal() {
+            return Outcome::Ignored(format!(
+                "the saga is {} already; not halted ({reason})",
+                self.saga.status.as_str()
+            ));
+        }
+        self.saga.status = SagaStatus::Failed;
+        self.saga.error = Some(format!("halted: {reason}"));
+        self.saga.deadline = None;
+        self.applied(format!("halted, an operator must act: {reason}"))
     }
 
     fn resend_compensation(mut self, i: usize, name: &str) -> Outcome {

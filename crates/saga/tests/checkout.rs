@@ -325,6 +325,90 @@ fn confirming_past_the_pivot_is_retried_and_never_compensated() {
 }
 
 #[test]
+fn a_confirmation_arriving_after_the_step_gave_up_past_the_pivot_completes_the_saga() {
+    let mut given = given_a_started_checkout().created().reserved().charged();
+    for _ in 0..20 {
+        given = given.after(11).when(Input::Timeout);
+    }
+    let given = given.then_status(SagaStatus::Failed);
+    assert!(given.saga.error.is_some());
+    // The order service was slow, not broken: its confirmation comes in after all.
+    let given = given
+        .reply(
+            "order.evt.confirmed",
+            json!({"order_id": Uuid::nil(), "customer_id": "c-1", "total_cents": 2500}),
+        )
+        .then_sent(&[])
+        .then_status(SagaStatus::Completed);
+    assert_eq!(given.step("confirm_order"), StepStatus::Succeeded);
+    assert_eq!(given.saga.error, None);
+    assert!(!given.saga.context.contains_key("failure_reason"));
+    // A second copy of it is a duplicate.
+    given
+        .reply(
+            "order.evt.confirmed",
+            json!({"order_id": Uuid::nil(), "customer_id": "c-1", "total_cents": 2500}),
+        )
+        .then_ignored()
+        .then_status(SagaStatus::Completed);
+}
+
+#[test]
+fn a_success_after_a_failure_reply_past_the_pivot_does_not_revive_the_saga() {
+    // The step said no (nothing done): a success for it afterwards contradicts that and is
+    // left to the operator the failure already called.
+    let mut definition = definition();
+    definition.steps[3].failure = vec!["order.evt.confirm_refused".into()];
+    let mut given = given_a_started_checkout();
+    given.definition = definition;
+    given
+        .created()
+        .reserved()
+        .charged()
+        .reply(
+            "order.evt.confirm_refused",
+            json!({"order_id": Uuid::nil(), "reason": "closed"}),
+        )
+        .then_status(SagaStatus::Failed)
+        .reply(
+            "order.evt.confirmed",
+            json!({"order_id": Uuid::nil(), "customer_id": "c-1", "total_cents": 2500}),
+        )
+        .then_ignored()
+        .then_status(SagaStatus::Failed);
+}
+
+#[test]
+fn a_halt_stops_a_running_saga_for_an_operator_and_leaves_a_finished_one_alone() {
+    let given = given_a_started_checkout()
+        .created()
+        .when(Input::Halt {
+            reason: "no version abc".into(),
+        })
+        .then_sent(&[])
+        .then_status(SagaStatus::Failed);
+    assert_eq!(given.saga.deadline, None);
+    assert_eq!(given.saga.error.as_deref(), Some("halted: no version abc"));
+    // A halted saga is failed like any other: an operator retry re-sends its current step.
+    let given = given
+        .when(Input::Retry)
+        .then_sent(&["inventory.cmd.reserve"])
+        .then_status(SagaStatus::Running);
+    let finished = given
+        .reserved()
+        .charged()
+        .reply(
+            "order.evt.confirmed",
+            json!({"order_id": Uuid::nil(), "customer_id": "c-1", "total_cents": 2500}),
+        )
+        .then_status(SagaStatus::Completed);
+    finished
+        .when(Input::Halt { reason: "x".into() })
+        .then_ignored()
+        .then_status(SagaStatus::Completed);
+}
+
+#[test]
 fn a_compensation_that_keeps_timing_out_fails_the_saga_until_an_operator_retries() {
     let mut given = given_a_started_checkout()
         .created()
