@@ -1,10 +1,11 @@
 //! Every saga input as one transaction.
 
+use std::borrow::Cow;
 use std::collections::BTreeMap;
 use std::sync::Arc;
 
 use bus::HandlerError;
-use chrono::{DateTime, SubsecRound, Utc};
+use chrono::{DateTime, Utc};
 use contracts::messages::{SagaStart, SagaUpdated};
 use contracts::{Envelope, Message};
 use saga::Definition;
@@ -15,6 +16,8 @@ use store::{Outbox, StoreError, TxHandler};
 use tracing::{info, warn};
 use uuid::Uuid;
 
+use crate::clock::Clock;
+use crate::isolate::advance;
 use crate::versions::Versions;
 use crate::{COMPONENT, SCHEMA, repo, view};
 
@@ -55,6 +58,7 @@ pub struct Engine {
     pool: PgPool,
     versions: Arc<Versions>,
     outbox: Outbox,
+    clock: Arc<Clock>,
 }
 
 impl Engine {
@@ -63,7 +67,18 @@ impl Engine {
             pool,
             versions: Arc::new(Versions::new(definitions)),
             outbox: Outbox::new(SCHEMA),
+            clock: Arc::new(Clock::new()),
         }
+    }
+
+    /// The same engine telling time by `clock` (see [`Clock`]).
+    pub fn with_clock(mut self, clock: Arc<Clock>) -> Self {
+        self.clock = clock;
+        self
+    }
+
+    pub fn clock(&self) -> &Clock {
+        &self.clock
     }
 
     pub fn pool(&self) -> &PgPool {
@@ -156,13 +171,14 @@ impl Engine {
             .await?
             .remove(&saga_id)
             .ok_or(EngineError::UnknownSaga(saga_id))?;
-        let definition = self.versions.of(tx, &saga).await?;
+        let advanced = advance(&self.versions, tx, &saga, input, now).await?;
+        let input = advanced.input;
         let entry = |saga: &Saga, applied: bool, note: String, commands: Value| repo::Entry {
             saga_id,
             definition_version: saga.definition_version.clone(),
             offset: 1,
             at: now,
-            input: input.clone(),
+            input: input.clone().into_owned(),
             message_id: cause.map(|c| c.message_id),
             applied,
             note,
@@ -170,7 +186,7 @@ impl Engine {
             status: saga.status.as_str().to_owned(),
             version: saga.version,
         };
-        match machine::apply(&definition, &saga, input, now) {
+        match advanced.outcome {
             Outcome::Applied(transition) => {
                 observe(&saga, &transition.saga);
                 let (mut messages, sent) = caused(&transition.saga, &transition, cause);
@@ -228,7 +244,7 @@ impl Engine {
         tx: &mut PgConnection,
         messages: &[&Envelope],
     ) -> Result<Vec<Envelope>, EngineError> {
-        let now = now();
+        let now = self.clock.now();
         let mut starts = Vec::new();
         let mut replies = Vec::with_capacity(messages.len());
         for message in messages {
@@ -253,15 +269,14 @@ impl Engine {
                 warn!(%saga_id, message_type = %message.message_type, "reply for an unknown saga; dropped");
                 continue;
             };
-            let definition = self.versions.of(tx, saga).await?;
-            let input = Input::Reply {
+            let reply = Input::Reply {
                 message_type: message.message_type.clone(),
                 payload: message.payload.clone(),
             };
+            let advanced = advance(&self.versions, tx, saga, &reply, now).await?;
             let offset = offsets.entry(saga_id).or_insert(0);
             *offset += 1;
-            let (after, applied, note, sent) = match machine::apply(&definition, saga, &input, now)
-            {
+            let (after, applied, note, sent) = match advanced.outcome {
                 Outcome::Applied(transition) => {
                     observe(saga, &transition.saga);
                     let (messages, sent) = caused(&transition.saga, &transition, Some(message));
@@ -275,7 +290,10 @@ impl Engine {
                 definition_version: after.definition_version.clone(),
                 offset: *offset,
                 at: now,
-                input,
+                input: match advanced.input {
+                    Cow::Owned(halt) => halt,
+                    Cow::Borrowed(_) => reply,
+                },
                 message_id: Some(message.message_id),
                 applied,
                 note,
@@ -400,7 +418,9 @@ impl Engine {
     pub async fn operate(&self, saga_id: Uuid, input: Input) -> Result<(Saga, bool), EngineError> {
         let mut tx = self.pool.begin().await?;
         let before = repo::get(&mut *tx, saga_id).await?.map(|s| s.version);
-        let (saga, messages) = self.apply(&mut tx, saga_id, &input, None, now()).await?;
+        let (saga, messages) = self
+            .apply(&mut tx, saga_id, &input, None, self.clock.now())
+            .await?;
         self.outbox.write(&mut tx, &messages).await?;
         tx.commit().await?;
         Ok((saga.clone(), before != Some(saga.version)))
@@ -408,34 +428,32 @@ impl Engine {
 
     /// Feeds a timeout to up to `limit` sagas whose deadline passed, each claimed with
     /// `SKIP LOCKED` so concurrent sweepers share the work. Returns how many were handled.
+    ///
+    /// Deadlines are compared with the database's clock, and the state machine is given that
+    /// same instant, so a saga the query finds due is due for the machine too, whatever the
+    /// local clock says. A saga whose transition cannot be applied is halted (see
+    /// [`crate::isolate`]); the others in the batch go on.
     pub async fn sweep(&self, limit: i64) -> Result<usize, EngineError> {
         let mut tx = self.pool.begin().await?;
-        let due: Vec<Uuid> = sqlx::query_scalar(
+        let due: Vec<(Uuid, DateTime<Utc>)> = sqlx::query_as(
             // Through the index of unfinished sagas: no index holds `deadline`, so a step's
             // update of the saga row stays HOT (migration 0012).
-            "SELECT saga_id FROM sagas.sagas \
+            "SELECT saga_id, now() FROM sagas.sagas \
              WHERE status IN ('running', 'compensating') AND deadline <= now() \
              ORDER BY deadline LIMIT $1 FOR UPDATE SKIP LOCKED",
         )
         .bind(limit)
         .fetch_all(&mut *tx)
         .await?;
-        let now = now();
-        for saga_id in &due {
+        for &(saga_id, now) in &due {
             let (_, messages) = self
-                .apply(&mut tx, *saga_id, &Input::Timeout, None, now)
+                .apply(&mut tx, saga_id, &Input::Timeout, None, now)
                 .await?;
             self.outbox.write(&mut tx, &messages).await?;
         }
         tx.commit().await?;
         Ok(due.len())
     }
-}
-
-/// The clock, at PostgreSQL's precision (microseconds), so a replayed log reproduces the
-/// stored state to the last digit.
-pub fn now() -> DateTime<Utc> {
-    Utc::now().trunc_subsecs(6)
 }
 
 /// The metrics of a transition: a saga that ended, and each step that finished with how long
@@ -533,7 +551,7 @@ impl TxHandler for Engine {
         tx: &mut PgConnection,
         message: &Envelope,
     ) -> Result<Vec<Envelope>, HandlerError> {
-        Ok(self.apply_message(tx, message, now()).await?)
+        Ok(self.apply_message(tx, message, self.clock.now()).await?)
     }
 
     async fn apply_all(

@@ -4,6 +4,9 @@
 //!   lock the saga row, apply the pure state machine, save the row, append to the saga's log,
 //!   write the commands to the outbox, commit; the `saga.evt.updated` event (live: transient,
 //!   no outbox row on the hot path) is handed to the relay with them after the commit.
+//! - [`isolate`]: one saga's transition kept from stopping the others: a saga whose definition
+//!   version cannot be read, or whose transition panics, is halted with the reason.
+//! - [`clock`]: the database's time, so deadlines mean the same on every machine.
 //! - [`repo`]: the SQL of `sagas.sagas` and `sagas.saga_log`.
 //! - [`versions`]: the definition versions sagas run on; each saga advances by the one it
 //!   started under, kept in `sagas.definitions`.
@@ -14,13 +17,16 @@
 //! Transitions of one saga are serialised by its row lock; replies for different sagas run in
 //! parallel, up to the consumer's prefetch.
 
+pub mod clock;
 pub mod engine;
+mod isolate;
 pub mod queries;
 pub mod repo;
 pub mod sweeper;
 pub mod versions;
 pub mod view;
 
+pub use clock::Clock;
 pub use engine::{Engine, EngineError};
 pub use queries::SagaQueries;
 

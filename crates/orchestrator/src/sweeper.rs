@@ -1,6 +1,11 @@
 //! The timeout sweeper: every `interval`, feeds a timeout to sagas whose deadline passed.
 //! Deadlines are data in `sagas.sagas`, so a restarted or second orchestrator picks up where
 //! another left off.
+//!
+//! Each pass first measures the database's clock (see [`crate::Clock`]), then drains what is
+//! due in batches, then waits for the next pass or shutdown, whichever comes first. A batch
+//! always moves every saga it claims (on to a retry, a compensation or a halt), so draining
+//! ends; shutdown is also checked between batches.
 
 use std::time::Duration;
 
@@ -13,21 +18,27 @@ const BATCH: i64 = 100;
 
 pub async fn run(engine: Engine, interval: Duration, shutdown: CancellationToken) {
     info!(?interval, "timeout sweeper running");
-    loop {
-        // Drain what is due, then wait.
-        loop {
+    while !shutdown.is_cancelled() {
+        if let Err(error) = engine.clock().sync(engine.pool()).await {
+            warn!(%error, "cannot read the database's clock; keeping the last offset");
+        }
+        let mut handled = 0;
+        while !shutdown.is_cancelled() {
             match engine.sweep(BATCH).await {
-                Ok(n) if n as i64 == BATCH => continue,
-                Ok(0) => break,
                 Ok(n) => {
-                    info!(timed_out = n, "saga timeouts handled");
-                    break;
+                    handled += n;
+                    if (n as i64) < BATCH {
+                        break;
+                    }
                 }
                 Err(error) => {
                     warn!(%error, "timeout sweep failed");
                     break;
                 }
             }
+        }
+        if handled > 0 {
+            info!(timed_out = handled, "saga timeouts handled");
         }
         tokio::select! {
             () = shutdown.cancelled() => break,

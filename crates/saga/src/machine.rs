@@ -243,18 +243,40 @@ pub fn start(
 
 /// Applies one input to a saga.
 pub fn apply(definition: &Definition, saga: &Saga, input: &Input, now: DateTime<Utc>) -> Outcome {
-    let run = Run::new(definition, saga.clone(), now);
+    let run = || Run::new(definition, saga.clone(), now);
     match input {
         Input::Start { .. } => Outcome::Ignored("already started".into()),
         Input::Reply {
             message_type,
             payload,
-        } => run.reply(message_type, payload),
-        Input::Timeout => run.timeout(),
-        Input::Retry => run.retry(),
-        Input::Cancel { reason } => run.cancel(reason),
-        Input::Halt { reason } => run.halt(reason),
+        } => run().reply(message_type, payload),
+        Input::Timeout => run().timeout(),
+        Input::Retry => run().retry(),
+        Input::Cancel { reason } => run().cancel(reason),
+        Input::Halt { reason } => halt(saga, reason, now),
     }
+}
+
+/// Stops a saga where it stands, for an operator (see [`Input::Halt`]). Needs no definition:
+/// the reason to halt may be that the saga's definition cannot be read.
+pub fn halt(saga: &Saga, reason: &str, now: DateTime<Utc>) -> Outcome {
+    if saga.status.is_terminal() {
+        return Outcome::Ignored(format!(
+            "the saga is {} already; not halted ({reason})",
+            saga.status.as_str()
+        ));
+    }
+    let mut saga = saga.clone();
+    saga.status = SagaStatus::Failed;
+    saga.error = Some(format!("halted: {reason}"));
+    saga.deadline = None;
+    saga.version += 1;
+    saga.updated_at = now;
+    Outcome::Applied(Transition {
+        saga,
+        commands: vec![],
+        note: format!("halted, an operator must act: {reason}"),
+    })
 }
 
 /// Folds a saga's log (every input with the time it was applied) through a definition.
@@ -514,20 +536,6 @@ impl<'a> Run<'a> {
             self.saga.deadline = None;
             self.applied(format!("{name} succeeded; saga completed"))
         }
-    }
-
-    /// Stops the saga where it stands, for an operator: see [`Input::Halt`].
-    fn halt(mut self, reason: &str) -> Outcome {
-        if self.saga.status.is_terminal() {
-            return Outcome::Ignored(format!(
-                "the saga is {} already; not halted ({reason})",
-                self.saga.status.as_str()
-            ));
-        }
-        self.saga.status = SagaStatus::Failed;
-        self.saga.error = Some(format!("halted: {reason}"));
-        self.saga.deadline = None;
-        self.applied(format!("halted, an operator must act: {reason}"))
     }
 
     fn resend_compensation(mut self, i: usize, name: &str) -> Outcome {

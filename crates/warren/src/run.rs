@@ -334,6 +334,13 @@ impl Components {
         for version in engine.versions().register(&self.pool).await? {
             info!(%version, "sagas still run on this older definition");
         }
+        // Deadlines are written and compared on the database's clock (the sweeper measures it
+        // again at each pass).
+        let offset = engine.clock().sync(&self.pool).await?;
+        info!(
+            offset_ms = offset.num_milliseconds(),
+            "the database's clock against this machine's"
+        );
         let handoff = self.relay(tasks, orchestrator::SCHEMA).await?;
         let handler = Arc::new(
             Transactional::new(
