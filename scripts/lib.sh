@@ -358,3 +358,24 @@ restart_rabbitmq() {
   as_root timeout 120 rabbitmqctl -q start_app
   as_root timeout 150 rabbitmqctl -q await_startup --timeout 120 || die "RabbitMQ did not come back"
 }
+
+# Raises a memory alarm on the broker (a high watermark far below what it uses), which blocks
+# every publishing connection, as a broker short of memory does; `unblock_rabbitmq` puts the
+# watermark back as it was (kept in $STATE/watermark).
+block_rabbitmq() {
+  mkdir -p "$STATE"
+  [[ -f "$STATE/watermark" ]] || as_root timeout 60 rabbitmqctl -q eval \
+    'vm_memory_monitor:get_vm_memory_high_watermark().' > "$STATE/watermark"
+  as_root timeout 60 rabbitmqctl -q set_vm_memory_high_watermark 0.000001
+}
+
+unblock_rabbitmq() {
+  local was="0.4"
+  [[ -f "$STATE/watermark" ]] && was=$(cat "$STATE/watermark")
+  if [[ "$was" =~ ^\{absolute,([0-9]+)\}$ ]]; then
+    as_root timeout 60 rabbitmqctl -q set_vm_memory_high_watermark absolute "${BASH_REMATCH[1]}"
+  else
+    as_root timeout 60 rabbitmqctl -q set_vm_memory_high_watermark "$was"
+  fi
+  rm -f "$STATE/watermark"
+}

@@ -61,6 +61,11 @@ pub enum PublishError {
     /// (`crate::access`) or the code are wrong.
     #[error("refused by the broker: {0}")]
     Refused(#[source] lapin::Error),
+    /// The broker did not confirm in time: it may be blocked by a resource alarm (memory or
+    /// disk), or the connection is hanging. Whether it took the message is unknown, so the
+    /// sender must send it again later (a duplicate is absorbed by the receiver's inbox).
+    #[error("the broker did not confirm within {0:?} (blocked by a resource alarm?)")]
+    TimedOut(std::time::Duration),
     /// The connection failed and did not recover within the attempts allowed.
     #[error("connection lost while publishing: {0}")]
     Connection(#[source] lapin::Error),

@@ -14,7 +14,12 @@
 //!   a slow poll catches anything missed and the rows whose lease ran out.
 //!
 //! A row the broker refuses keeps its place, records the error, and waits a growing back-off so
-//! it never blocks the rows behind it.
+//! it never blocks the rows behind it. Confirms are awaited for at most
+//! [`RelaySettings::confirm_timeout`]: a broker blocked by a memory or disk alarm accepts
+//! publishes and confirms none, and a claim must not hold its row locks and its database
+//! connection for as long as the alarm lasts. A batch not confirmed in time is refused like any
+//! other, and a row the broker did take meanwhile is published twice, which the receiver's
+//! inbox absorbs.
 
 use std::collections::HashSet;
 use std::sync::{Arc, Mutex};
@@ -53,6 +58,10 @@ pub struct RelaySettings {
     pub lease: Duration,
     /// Hand-off batches published at once (each waits for its confirms).
     pub publishes_in_flight: usize,
+    /// How long a batch waits for the broker's confirms. Past it the batch counts as not
+    /// published: its rows are released (no lock or connection is held on a blocked broker)
+    /// and tried again after their back-off.
+    pub confirm_timeout: Duration,
 }
 
 /// How long the marker gathers confirmed ids before deleting their rows (far below any lease).
@@ -70,6 +79,7 @@ impl Default for RelaySettings {
             prune_interval: Duration::from_secs(60),
             lease: Duration::from_secs(5),
             publishes_in_flight: 4,
+            confirm_timeout: Duration::from_secs(10),
         }
     }
 }
@@ -191,9 +201,10 @@ impl Relay {
             ),
             delete_published: format!("DELETE FROM {s}.outbox WHERE message_id = ANY($1)"),
             mark_failed: format!(
-                "UPDATE {s}.outbox SET attempts = attempts + 1, last_error = $2, \
-                 available_at = now() + make_interval(secs => least(power(2, attempts), 60)) \
-                 WHERE message_id = $1"
+                "UPDATE {s}.outbox o SET attempts = o.attempts + 1, last_error = r.error, \
+                 available_at = now() + make_interval(secs => least(power(2, o.attempts), 60)) \
+                 FROM UNNEST($1::uuid[], $2::text[]) AS r(message_id, error) \
+                 WHERE o.message_id = r.message_id"
             ),
             // Rows published before deletion on publish (kept with `published_at`).
             prune_outbox: format!(
@@ -272,11 +283,26 @@ impl Relay {
     /// Publishes messages (as injected faults say, if any) and sorts them into the confirmed
     /// and the refused.
     async fn publish(&self, batch: &Batch) -> (Vec<Uuid>, Vec<(Uuid, PublishError)>) {
-        let results = match &self.faults {
-            None => self.publisher.send_all(&batch.messages).await,
-            Some(faults) => {
-                let fates: Vec<Fate> = batch.types.iter().map(|t| faults.fate(t)).collect();
-                self.send_with_faults(&batch.messages, &fates).await
+        let sending = async {
+            match &self.faults {
+                None => self.publisher.send_all(&batch.messages).await,
+                Some(faults) => {
+                    let fates: Vec<Fate> = batch.types.iter().map(|t| faults.fate(t)).collect();
+                    self.send_with_faults(&batch.messages, &fates).await
+                }
+            }
+        };
+        let wait = self.settings.confirm_timeout;
+        let results = match tokio::time::timeout(wait, sending).await {
+            Ok(results) => results,
+            Err(_) => {
+                metrics::counter!("warren_outbox_confirm_timeouts_total", "schema" => self.schema)
+                    .increment(1);
+                batch
+                    .ids
+                    .iter()
+                    .map(|_| Err(PublishError::TimedOut(wait)))
+                    .collect()
             }
         };
         let mut published = Vec::with_capacity(batch.ids.len());
@@ -284,28 +310,34 @@ impl Relay {
         for (&message_id, result) in batch.ids.iter().zip(results) {
             match result {
                 Ok(()) => published.push(message_id),
-                Err(error) => {
-                    warn!(schema = self.schema, %message_id, %error, "outbox row not published");
-                    refused.push((message_id, error));
-                }
+                Err(error) => refused.push((message_id, error)),
             }
+        }
+        if let Some((message_id, error)) = refused.first() {
+            let rows = refused.len();
+            warn!(schema = self.schema, rows, %message_id, %error, "outbox rows not published");
         }
         (published, refused)
     }
 
-    /// Records why rows were refused and backs them off.
+    /// Records why rows were refused and backs them off, in one statement.
     async fn mark_refused(
         &self,
         db: &mut PgConnection,
         refused: Vec<(Uuid, PublishError)>,
     ) -> Result<(), sqlx::Error> {
-        for (id, error) in refused {
-            sqlx::query(AssertSqlSafe(self.sql.mark_failed.as_str()))
-                .bind(id)
-                .bind(error.to_string())
-                .execute(&mut *db)
-                .await?;
+        if refused.is_empty() {
+            return Ok(());
         }
+        let (ids, errors): (Vec<Uuid>, Vec<String>) = refused
+            .into_iter()
+            .map(|(id, error)| (id, error.to_string()))
+            .unzip();
+        sqlx::query(AssertSqlSafe(self.sql.mark_failed.as_str()))
+            .bind(ids)
+            .bind(errors)
+            .execute(&mut *db)
+            .await?;
         Ok(())
     }
 
@@ -374,14 +406,17 @@ impl Relay {
         results
     }
 
-    /// Publishes until no row is waiting.
-    pub async fn drain(&self) -> Result<(), StoreError> {
-        loop {
+    /// Publishes until no row is waiting, or until `shutdown`: it is checked between batches,
+    /// each of which takes at most the confirm timeout, so that a batch the broker took is
+    /// also deleted before the relay stops.
+    pub async fn drain(&self, shutdown: &CancellationToken) -> Result<(), StoreError> {
+        while !shutdown.is_cancelled() {
             let claimed = self.publish_batch().await?;
             if i64::try_from(claimed).unwrap_or(i64::MAX) < self.settings.batch_size {
-                return Ok(());
+                break;
             }
         }
+        Ok(())
     }
 
     /// Deletes published outbox rows and inbox rows older than the retention window.
@@ -445,7 +480,7 @@ impl Relay {
         loop {
             if Instant::now() >= next_drain {
                 next_drain = Instant::now() + self.settings.poll_interval;
-                if let Err(error) = self.drain().await {
+                if let Err(error) = self.drain(&shutdown).await {
                     error!(schema = self.schema, %error, "outbox relay round failed");
                 }
             }

@@ -202,7 +202,10 @@ impl Components {
             schema,
             self.pool.clone(),
             self.bus.publisher().await?,
-            RelaySettings::default(),
+            RelaySettings {
+                confirm_timeout: Duration::from_millis(self.settings.confirm_timeout_ms),
+                ..RelaySettings::default()
+            },
         )
         .with_faults(self.faults.clone());
         let handoff = relay.handoff();

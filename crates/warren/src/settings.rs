@@ -73,6 +73,16 @@ pub struct Settings {
         default_value_t = 250
     )]
     pub sweep_interval_ms: u64,
+    /// How long an outbox relay waits for the broker's confirms of a batch before it counts
+    /// the batch as not published and releases its rows (a broker blocked by a resource
+    /// alarm confirms nothing).
+    #[arg(
+        long,
+        global = true,
+        env = "WARREN_CONFIRM_TIMEOUT_MS",
+        default_value_t = 10_000
+    )]
+    pub confirm_timeout_ms: u64,
     /// How long the gateway waits for a service to answer a read.
     #[arg(
         long,
