@@ -4,7 +4,7 @@
 
 use chrono::{DateTime, Duration, Utc};
 use saga::definition::Definition;
-use saga::machine::{self, Input, Outcome, Saga, SagaStatus, StepStatus};
+use saga::machine::{self, Failure, Input, Outcome, Saga, SagaStatus, StepStatus};
 use serde_json::{Value, json};
 use uuid::Uuid;
 
@@ -107,6 +107,11 @@ impl Given {
 
     fn then_status(self, status: SagaStatus) -> Self {
         assert_eq!(self.saga.status, status, "after: {}", self.note);
+        self
+    }
+
+    fn then_failure(self, failure: Option<Failure>) -> Self {
+        assert_eq!(Failure::of(&self.saga), failure, "after: {}", self.note);
         self
     }
 
@@ -310,13 +315,15 @@ fn confirming_past_the_pivot_is_retried_and_never_compensated() {
         .after(11)
         .when(Input::Timeout)
         .then_sent(&[])
-        .then_status(SagaStatus::Failed);
+        .then_status(SagaStatus::Failed)
+        .then_failure(Some(Failure::StuckPastPivot));
     assert_eq!(given.step("charge_payment"), StepStatus::Succeeded);
     // An operator re-drives it.
     given
         .when(Input::Retry)
         .then_sent(&["order.cmd.confirm"])
         .then_status(SagaStatus::Running)
+        .then_failure(None)
         .reply(
             "order.evt.confirmed",
             json!({"order_id": Uuid::nil(), "customer_id": "c-1", "total_cents": 2500}),
@@ -370,6 +377,7 @@ fn a_success_after_a_failure_reply_past_the_pivot_does_not_revive_the_saga() {
             json!({"order_id": Uuid::nil(), "reason": "closed"}),
         )
         .then_status(SagaStatus::Failed)
+        .then_failure(Some(Failure::StuckPastPivot))
         .reply(
             "order.evt.confirmed",
             json!({"order_id": Uuid::nil(), "customer_id": "c-1", "total_cents": 2500}),
@@ -386,7 +394,8 @@ fn a_halt_stops_a_running_saga_for_an_operator_and_leaves_a_finished_one_alone()
             reason: "no version abc".into(),
         })
         .then_sent(&[])
-        .then_status(SagaStatus::Failed);
+        .then_status(SagaStatus::Failed)
+        .then_failure(Some(Failure::Halted));
     assert_eq!(given.saga.deadline, None);
     assert_eq!(given.saga.error.as_deref(), Some("halted: no version abc"));
     // A halted saga is failed like any other: an operator retry re-sends its current step.
@@ -428,7 +437,8 @@ fn a_compensation_that_keeps_timing_out_fails_the_saga_until_an_operator_retries
         .after(100)
         .when(Input::Timeout)
         .then_sent(&[])
-        .then_status(SagaStatus::Failed);
+        .then_status(SagaStatus::Failed)
+        .then_failure(Some(Failure::CompensationExhausted));
     assert!(
         given
             .saga
@@ -543,4 +553,19 @@ fn replaying_the_log_reproduces_the_state() {
     assert_eq!(applied, vec![true, true, false, true, true, true]);
     assert_eq!(saga.steps[1].status, StepStatus::Compensated);
     assert_eq!(saga.status, SagaStatus::Compensating);
+}
+
+#[test]
+fn a_reply_without_a_field_the_next_command_needs_fails_the_saga_naming_it() {
+    let given = given_a_started_checkout()
+        .created()
+        .reply(
+            "inventory.evt.reserved",
+            json!({"order_id": Uuid::nil(), "lines": []}),
+        )
+        .then_sent(&[])
+        .then_status(SagaStatus::Failed)
+        .then_failure(Some(Failure::MissingField));
+    let error = given.saga.error.as_deref().unwrap();
+    assert!(error.contains("total_cents"), "{error}");
 }

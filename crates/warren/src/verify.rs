@@ -5,6 +5,7 @@
 //! services only hold once the system has settled (sagas terminal, outboxes drained, events
 //! consumed), so [`settle`] re-reads until every check holds or the patience runs out.
 
+use std::collections::BTreeMap;
 use std::time::Duration;
 
 use bus::Bus;
@@ -12,7 +13,9 @@ use bus::topology::Topology;
 use contracts::routing;
 use lapin::options::QueueDeclareOptions;
 use lapin::types::FieldTable;
+use saga::machine::{Failure, Saga};
 use serde::Serialize;
+use sqlx::types::Json;
 use sqlx::{AssertSqlSafe, PgPool};
 use tokio::time::Instant;
 
@@ -160,17 +163,56 @@ async fn sagas_terminal(pool: &PgPool, figures: &mut Figures) -> anyhow::Result<
     })
 }
 
+/// Failed sagas wait for an operator; the detail counts them by why they failed (a compensation
+/// that ran out of attempts is not the same problem as a halted saga or a missing field).
 async fn no_saga_failed(pool: &PgPool) -> anyhow::Result<Check> {
-    rule(
-        pool,
-        "no saga waiting for an operator",
-        "failed sagas: a compensation ran out of attempts (see `warren saga show`, then \
-         `warren saga retry`)",
-        "SELECT format('saga %s (%s) at %s: %s', saga_id, definition, coalesce(current_step, '-'), \
-                       coalesce(state->>'error', '')) \
-         FROM sagas.sagas WHERE status = 'failed' ORDER BY created_at",
+    const NAME: &str = "no saga waiting for an operator";
+    let failed: Vec<Json<Saga>> = sqlx::query_scalar(
+        "SELECT state FROM sagas.sagas WHERE status = 'failed' ORDER BY created_at",
     )
-    .await
+    .fetch_all(pool)
+    .await?;
+    if failed.is_empty() {
+        return Ok(Check {
+            name: NAME,
+            holds: true,
+            detail: "holds".into(),
+            examples: Vec::new(),
+        });
+    }
+    let mut kinds: BTreeMap<Failure, usize> = BTreeMap::new();
+    for Json(saga) in &failed {
+        if let Some(kind) = Failure::of(saga) {
+            *kinds.entry(kind).or_default() += 1;
+        }
+    }
+    let why: Vec<String> = kinds
+        .iter()
+        .map(|(kind, n)| format!("{n} {}", kind.describe()))
+        .collect();
+    let examples = failed
+        .iter()
+        .take(EXAMPLES as usize)
+        .map(|Json(saga)| {
+            format!(
+                "saga {} ({}) at {}: {}",
+                saga.id,
+                saga.definition,
+                saga.current_step().map_or("-", |step| step.name.as_str()),
+                saga.error.as_deref().unwrap_or_default()
+            )
+        })
+        .collect();
+    Ok(Check {
+        name: NAME,
+        holds: false,
+        detail: format!(
+            "{} failed sagas: {} (see `warren saga show`, then `warren saga retry`)",
+            failed.len(),
+            why.join(", ")
+        ),
+        examples,
+    })
 }
 
 async fn stock_conserved(pool: &PgPool) -> anyhow::Result<Check> {

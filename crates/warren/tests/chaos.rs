@@ -259,6 +259,17 @@ async fn a_compensation_outage_is_retried_through() {
     system.stop().await;
 }
 
+/// The names of the checks a `warren chaos verify --json` report says are broken.
+fn broken(report: &Value) -> Vec<&str> {
+    report["checks"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|c| c["holds"] == false)
+        .map(|c| c["name"].as_str().unwrap())
+        .collect()
+}
+
 #[tokio::test]
 async fn verify_names_the_invariant_a_change_breaks() {
     let mut system = System::new().await;
@@ -283,14 +294,43 @@ async fn verify_names_the_invariant_a_change_breaks() {
     let ran = system.cli(&["--json", "chaos", "verify"]).await;
     assert_eq!(ran.code, 1, "{ran:?}");
     let report = ran.json();
-    let broken: Vec<&str> = report["checks"]
+    assert_eq!(
+        broken(&report),
+        ["stock conserved", "money conserved"],
+        "{report:#}"
+    );
+
+    // A saga the engine halted waits for an operator, and the report says why it failed.
+    sqlx::query(
+        "UPDATE sagas.sagas SET status = 'failed', \
+                state = state || '{\"status\": \"failed\", \"error\": \"halted: by a test\"}' \
+         WHERE saga_id = $1::uuid",
+    )
+    .bind(&id)
+    .execute(&system.pool)
+    .await
+    .unwrap();
+    let report = system.cli(&["--json", "chaos", "verify"]).await.json();
+    assert!(
+        broken(&report).contains(&"no saga waiting for an operator"),
+        "{report:#}"
+    );
+    let waiting = report["checks"]
         .as_array()
         .unwrap()
         .iter()
-        .filter(|c| c["holds"] == false)
-        .map(|c| c["name"].as_str().unwrap())
-        .collect();
-    assert_eq!(broken, ["stock conserved", "money conserved"], "{report:#}");
+        .find(|c| c["name"] == "no saga waiting for an operator")
+        .unwrap();
+    assert_eq!(
+        waiting["detail"],
+        "1 failed sagas: 1 halted by the engine (see `warren saga show`, then `warren saga retry`)"
+    );
+    assert!(
+        waiting["examples"][0]
+            .as_str()
+            .unwrap()
+            .ends_with("halted: by a test")
+    );
     system.stop().await;
 }
 

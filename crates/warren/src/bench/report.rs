@@ -65,12 +65,7 @@ pub fn print(results: &Results) {
         }
     );
     let report = &results.invariants;
-    let broken: Vec<&str> = report
-        .checks
-        .iter()
-        .filter(|c| !c.holds)
-        .map(|c| c.name)
-        .collect();
+    let broken: Vec<_> = report.checks.iter().filter(|c| !c.holds).collect();
     if broken.is_empty() {
         println!(
             "  invariants     {}",
@@ -79,8 +74,11 @@ pub fn print(results: &Results) {
     } else {
         println!(
             "  invariants     {} (see `warren chaos verify`)",
-            paint(&format!("broken: {}", broken.join(", ")), "red")
+            paint(&format!("{} broken", broken.len()), "red")
         );
+        for check in broken {
+            println!("    {}: {}", paint(check.name, "red"), check.detail);
+        }
     }
 }
 
