@@ -189,6 +189,10 @@ pub struct SagaView {
     pub created_at: chrono::DateTime<chrono::Utc>,
     pub updated_at: chrono::DateTime<chrono::Utc>,
     pub version: i64,
+    /// The version of its definition the saga runs on (the digest of the definition's
+    /// canonical form); none for a saga started before versions were recorded.
+    #[serde(default)]
+    pub definition_version: Option<String>,
 }
 
 /// Published on every saga transition: the saga after it, and what happened. Travels

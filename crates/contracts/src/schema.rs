@@ -345,6 +345,7 @@ mod tests {
                     created_at: chrono::Utc::now(),
                     updated_at: chrono::Utc::now(),
                     version: 1,
+                    definition_version: Some("4f1c0a9e2b7d3c85".into()),
                 },
                 transition: "started; create_order sent".into(),
             }),

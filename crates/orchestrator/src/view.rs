@@ -46,5 +46,6 @@ pub fn of(saga: &Saga) -> SagaView {
         created_at: saga.created_at,
         updated_at: saga.updated_at,
         version: saga.version,
+        definition_version: saga.definition_version.clone(),
     }
 }

@@ -216,6 +216,19 @@ async fn the_saga_page_follows_checkouts_live() {
             ("confirm_order", "succeeded"),
         ])
     );
+    // The timeline names the definition version the saga ran on, as its row records it.
+    let recorded: String =
+        sqlx::query_scalar("SELECT definition_version FROM sagas.sagas WHERE saga_id = $1::uuid")
+            .bind(&happy)
+            .fetch_one(&system.pool)
+            .await
+            .unwrap();
+    let shown_version = shown(&browser, "#timeline [data-definition-version]")
+        .await
+        .attr("data-definition-version")
+        .await
+        .unwrap();
+    assert_eq!(shown_version.as_deref(), Some(recorded.as_str()));
 
     // The queue panel links each queue to its page in the management UI.
     let (_, queues) = system.get("/ui/queues").await;
