@@ -203,6 +203,25 @@ impl Topology {
         self.consumers.iter().find(|c| c.name == name)
     }
 
+    /// The same topology with `saga.replies` bound to these reply types as well: the replies
+    /// the saga definitions at hand wait for (`Definition::reply_types`), so that a new version
+    /// that waits for a new reply gets it once `warren topology apply` has run with it.
+    #[must_use]
+    pub fn with_saga_replies<S: Into<String>>(
+        mut self,
+        replies: impl IntoIterator<Item = S>,
+    ) -> Self {
+        if let Some(queue) = self.consumers.iter_mut().find(|c| c.name == "saga.replies") {
+            for reply in replies {
+                let reply = reply.into();
+                if !queue.bindings.contains(&reply) {
+                    queue.bindings.push(reply);
+                }
+            }
+        }
+        self
+    }
+
     /// Names of the consumer queues a routing key reaches (not counting the audit queue).
     pub fn routes(&self, routing_key: &str) -> Vec<&str> {
         self.consumers

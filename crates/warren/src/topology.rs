@@ -70,13 +70,19 @@ pub fn access(definitions: &[Definition]) -> Access {
         std::iter::once(step.command.clone())
             .chain(step.compensation.as_ref().map(|c| c.command.clone()))
     });
-    Access::new(Topology::standard(), commands)
+    Access::new(for_definitions(definitions), commands)
+}
+
+/// Warren's topology, with `saga.replies` bound to every reply these definitions wait for.
+pub fn for_definitions(definitions: &[Definition]) -> Topology {
+    Topology::standard().with_saga_replies(definitions.iter().flat_map(|d| d.reply_types()))
 }
 
 /// Every generated section, for the `warren` vhost.
 fn generated(settings: &Settings) -> anyhow::Result<Value> {
-    let mut definitions = Topology::standard().definitions(routing::VHOST);
-    let users = access(&crate::run::definitions(settings)?).definitions(routing::VHOST);
+    let sagas = crate::run::definitions(settings)?;
+    let mut definitions = for_definitions(&sagas).definitions(routing::VHOST);
+    let users = access(&sagas).definitions(routing::VHOST);
     for section in ["users", "permissions", "topic_permissions"] {
         definitions[section] = users[section].clone();
     }
@@ -84,7 +90,7 @@ fn generated(settings: &Settings) -> anyhow::Result<Value> {
 }
 
 pub async fn execute(settings: &Settings, command: TopologyCommand) -> anyhow::Result<()> {
-    let topology = Topology::standard();
+    let topology = for_definitions(&crate::run::definitions(settings)?);
     match command {
         TopologyCommand::Apply => {
             let bus = Bus::connect(&settings.bus("topology")).await?;
@@ -262,5 +268,22 @@ mod tests {
             );
         }
         assert!(!write.contains("set_balance"));
+    }
+
+    #[test]
+    fn a_reply_a_new_definition_waits_for_is_bound_to_saga_replies() {
+        let mut checkout =
+            Definition::from_toml(include_str!("../../../sagas/checkout.toml")).unwrap();
+        checkout.steps[3].success = "order.evt.shipped".into();
+        let topology = for_definitions(&[checkout]);
+        assert_eq!(topology.routes("order.evt.shipped"), ["saga.replies"]);
+        assert!(Topology::standard().routes("order.evt.shipped").is_empty());
+        let bindings = topology.definitions(routing::VHOST)["bindings"].clone();
+        assert!(
+            bindings.as_array().unwrap().iter().any(|b| {
+                b["destination"] == "saga.replies" && b["routing_key"] == "order.evt.shipped"
+            }),
+            "{bindings:#}"
+        );
     }
 }
