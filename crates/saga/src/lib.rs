@@ -2,6 +2,9 @@
 //!
 //! - [`definition`]: saga definitions as data (`sagas/*.toml`), loaded and checked statically.
 //! - [`machine`]: the state machine: (state, input) -> (new state, commands to send).
+//! - [`history`]: recorded histories folded through a changed definition: where each would
+//!   have taken another path (the replay gate before a deploy).
+//! - [`failure`]: why a failed saga failed, in kinds a report can count.
 //! - [`duration`]: the `"10s"`-style durations definitions are written with.
 //!
 //! The `orchestrator` crate wraps this in persistence (saga rows, an append-only log and the
@@ -9,6 +12,8 @@
 
 pub mod definition;
 pub mod duration;
+pub mod failure;
+pub mod history;
 pub mod machine;
 
 pub use definition::{CheckError, Definition, Step};
