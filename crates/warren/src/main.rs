@@ -26,6 +26,7 @@ mod output;
 mod queries;
 mod run;
 mod saga_cli;
+mod saga_gate;
 mod saga_versions;
 mod settings;
 mod telemetry;

@@ -84,13 +84,24 @@ pub enum SagaCommand {
         #[arg(long, default_value = "cancelled by an operator from the CLI")]
         reason: String,
     },
-    /// Static checks of saga definitions.
+    /// Static checks of saga definitions; with `--against-history`, the replay gate.
     ///
-    /// Exits 1 when any definition fails.
+    /// Exits 1 when any definition fails. With `--against-history`, each changed definition
+    /// is also folded through the recorded log of every saga of its name, and the report
+    /// says where histories would take another path under it, how many, how many of them
+    /// are running, and what the change does to each version they ran on; exits 1 when any
+    /// history does not replay through the change unchanged.
     Check {
         /// Definition files. With none: the definitions `warren run` would load, every
         /// `*.toml` of `--sagas-dir` when it is set, the built-in ones otherwise.
         files: Vec<PathBuf>,
+        /// Replay recorded histories through the definitions (reads the database).
+        #[arg(long)]
+        against_history: bool,
+        /// With `--against-history`: only sagas created since (RFC 3339, a date, or `30m`,
+        /// `1h`, `2d`).
+        #[arg(long, value_parser = since, requires = "against_history")]
+        since: Option<DateTime<Utc>>,
     },
     /// A Mermaid flowchart of a definition.
     ///
@@ -156,7 +167,12 @@ pub async fn execute(
         SagaCommand::Cancel { id, reason } => {
             operate(settings, id, Input::Cancel { reason }, json).await
         }
-        SagaCommand::Check { files } => check(settings, &files, json),
+        SagaCommand::Check {
+            files,
+            against_history: false,
+            ..
+        } => check(settings, &files, json),
+        SagaCommand::Check { files, since, .. } => gate(settings, &files, since, json).await,
         SagaCommand::Graph { name, definition } => {
             graph(settings, name.as_deref(), definition.as_deref(), json)
         }
@@ -1175,6 +1191,41 @@ fn check(settings: &Settings, files: &[PathBuf], json: bool) -> anyhow::Result<E
     } else {
         ExitCode::from(exit::PROBLEM)
     })
+}
+
+/// `check --against-history`: the static checks, then the replay gate for the definitions
+/// that pass them.
+async fn gate(
+    settings: &Settings,
+    files: &[PathBuf],
+    since: Option<DateTime<Utc>>,
+    json: bool,
+) -> anyhow::Result<ExitCode> {
+    let schemas = Schemas::embedded();
+    let definitions = if files.is_empty() {
+        crate::run::definitions(settings)?
+            .into_iter()
+            .map(|d| (format!("loaded {}", d.name), d))
+            .collect()
+    } else {
+        let mut definitions = Vec::with_capacity(files.len());
+        for file in files {
+            match Definition::load(file, &schemas) {
+                Ok(definition) => definitions.push((file.display().to_string(), definition)),
+                Err(error) => {
+                    let failed = checked(file.display().to_string(), Err(error));
+                    eprintln!("{} {}", paint("FAIL", "red"), failed.source);
+                    for error in &failed.errors {
+                        eprintln!("  - {error}");
+                    }
+                    return Ok(ExitCode::from(exit::PROBLEM));
+                }
+            }
+        }
+        definitions
+    };
+    let pool = connect(settings).await?;
+    crate::saga_gate::against_history(&pool, definitions, since, json).await
 }
 
 // ---------------------------------------------------------------------------------------------

@@ -577,3 +577,97 @@ async fn check_and_graph_need_no_database_and_the_rest_say_when_it_is_unreachabl
         "{stderr}"
     );
 }
+
+/// The replay gate before a deploy: a change every recorded checkout replays through passes
+/// (exit 0), and one that would move them onto other steps fails (exit 1), saying where they
+/// part, how many, and what the change does to the version they ran on.
+#[tokio::test]
+async fn check_against_history_passes_a_timeout_change_and_flags_reorders_and_removals() {
+    let mut system = System::new().await;
+    system.spawn(&["all"]);
+    system.ready().await;
+    system
+        .seed(&[("SKU-1", 1250, 10)], &[("rich", 10_000), ("poor", 1000)])
+        .await;
+    for (customer, end) in [
+        ("rich", "completed"),
+        ("rich", "completed"),
+        ("poor", "compensated"),
+    ] {
+        let (_, answer) = system.checkout(customer, &[("SKU-1", 1)], None).await;
+        let last = system.follow(&saga_id(&answer)).await.pop().unwrap();
+        assert_eq!(last["state"], end, "{last}");
+    }
+    let gate = |file: PathBuf| {
+        let system = &system;
+        async move {
+            let file = file.display().to_string();
+            warren(
+                system,
+                &["saga", "check", "--against-history", "--json", &file],
+            )
+            .await
+        }
+    };
+
+    let same = gate(write_definition(&system, "gate-same", CHECKOUT)).await;
+    let report = same.expect(0).json();
+    assert_eq!(
+        (&report[0]["sagas"], &report[0]["unchanged"]),
+        (&json!(3), &json!(3))
+    );
+    assert_eq!(report[0]["versions"][0]["changes"], json!([]), "{report:#}");
+
+    // A longer timeout: no recorded checkout timed out, so none would go otherwise.
+    let patient = CHECKOUT.replacen("timeout = \"10s\"", "timeout = \"30s\"", 1);
+    let report = gate(write_definition(&system, "gate-patient", &patient))
+        .await
+        .expect(0)
+        .json();
+    assert_eq!(report[0]["unchanged"], 3, "{report:#}");
+    let listed = report[0]["versions"][0]["changes"].to_string();
+    assert!(listed.contains("step create_order: timeout"), "{listed}");
+
+    // Reordered: every history parts at its start.
+    let ran = gate(write_definition(&system, "gate-swapped", &swapped_steps())).await;
+    let report = ran.expect(1).json();
+    let forks = report[0]["forks"].as_array().unwrap();
+    assert_eq!(forks.len(), 1, "{report:#}");
+    assert_eq!(forks[0]["sagas"], 3);
+    assert_eq!(forks[0]["fork"]["kind"], "sends");
+    assert_eq!(forks[0]["fork"]["input"], "start");
+    assert_eq!(forks[0]["examples"].as_array().unwrap().len(), 3);
+    assert!(
+        report[0]["versions"][0]["changes"][0]
+            .as_str()
+            .unwrap()
+            .starts_with("steps reordered"),
+        "{report:#}"
+    );
+
+    // The confirmation removed: the two completed checkouts part after their charge; the
+    // declined one never got that far.
+    let parts: Vec<&str> = CHECKOUT.split("[[step]]").collect();
+    let shortened = parts[..4].join("[[step]]");
+    let file = write_definition(&system, "gate-shortened", &shortened);
+    let report = gate(file.clone()).await.expect(1).json();
+    assert_eq!(report[0]["unchanged"], 1, "{report:#}");
+    assert_eq!(report[0]["forks"][0]["sagas"], 2, "{report:#}");
+    assert_eq!(
+        report[0]["forks"][0]["fork"]["input"],
+        "reply payment.evt.charged"
+    );
+    // For people: where, how many, and the verdict.
+    let file = file.display().to_string();
+    let text = warren(&system, &["saga", "check", "--against-history", &file])
+        .await
+        .expect(1)
+        .stdout;
+    assert!(text.contains("- step confirm_order removed"), "{text}");
+    assert!(
+        text.contains("2 would take another path (0 of them running)"),
+        "{text}"
+    );
+    assert!(text.contains("FAIL"), "{text}");
+    system.stop().await;
+}
