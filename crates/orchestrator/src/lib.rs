@@ -6,6 +6,8 @@
 //!   no outbox row on the hot path) is handed to the relay with them after the commit.
 //! - [`isolate`]: one saga's transition kept from stopping the others: a saga whose definition
 //!   version cannot be read, or whose transition panics, is halted with the reason.
+//! - [`migrate`]: moves a running saga onto another version where its history replays
+//!   through that version unchanged.
 //! - [`clock`]: the database's time, so deadlines mean the same on every machine.
 //! - [`repo`]: the SQL of `sagas.sagas` and `sagas.saga_log`.
 //! - [`versions`]: the definition versions sagas run on; each saga advances by the one it
@@ -20,6 +22,7 @@
 pub mod clock;
 pub mod engine;
 mod isolate;
+pub mod migrate;
 pub mod queries;
 pub mod repo;
 pub mod sweeper;

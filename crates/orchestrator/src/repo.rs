@@ -3,6 +3,7 @@
 use std::collections::HashMap;
 
 use chrono::{DateTime, Utc};
+use saga::history::Recorded;
 use saga::machine::{Input, Saga};
 use serde_json::Value;
 use sqlx::{PgConnection, PgExecutor};
@@ -22,6 +23,29 @@ pub struct LogEntry {
     pub version: i64,
     /// The definition version the entry was applied under (none before versions were kept).
     pub definition_version: Option<String>,
+}
+
+impl LogEntry {
+    /// The entry as the replay gate compares it ([`saga::history::fork`]).
+    pub fn recorded(&self) -> Recorded<'_> {
+        Recorded {
+            input: &self.input.0,
+            at: self.at,
+            applied: self.applied,
+            sent: sent_types(&self.commands.0),
+            status: &self.status,
+        }
+    }
+}
+
+/// The message types of the commands a log entry sent (its `commands` column).
+pub fn sent_types(commands: &Value) -> Vec<String> {
+    commands
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(|c| c["message_type"].as_str().map(str::to_owned))
+        .collect()
 }
 
 /// Inserts a new saga; `false` when one with this id exists already.

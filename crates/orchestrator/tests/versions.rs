@@ -211,3 +211,85 @@ async fn steps_added_or_removed_move_no_saga_that_started_before(pool: PgPool) {
     expected.sort();
     assert_eq!(labels, expected);
 }
+
+/// An operator moves running sagas onto a new version where their history replays through it
+/// unchanged; a saga whose history would part from it, or one that has ended, stays.
+#[sqlx::test(migrations = "../../migrations")]
+async fn a_running_saga_moves_only_to_a_version_its_history_replays_through(pool: PgPool) {
+    use orchestrator::migrate::{Moved, migrate};
+    let v1 = Engine::new(pool.clone(), vec![checkout()]);
+    let (moving, early, done) = (Uuid::now_v7(), Uuid::now_v7(), Uuid::now_v7());
+    for saga in [moving, early, done] {
+        handle(&v1, &pool, &start_message(saga)).await;
+    }
+    replies(&v1, &pool, moving, &["created"]).await;
+    replies(
+        &v1,
+        &pool,
+        done,
+        &["created", "reserved", "charged", "confirmed"],
+    )
+    .await;
+    let version_of = |saga: Uuid| {
+        let pool = pool.clone();
+        async move {
+            repo::get(&pool, saga)
+                .await
+                .unwrap()
+                .unwrap()
+                .definition_version
+        }
+    };
+
+    // A minute to charge instead of ten seconds: every history so far goes the same way.
+    let mut patient = checkout();
+    patient.steps[2].timeout = Some(std::time::Duration::from_secs(60));
+    patient.version = Some("patient".into());
+    let v2 = Engine::new(pool.clone(), vec![patient.clone()]);
+    let from = Some(checkout().digest());
+    let dry = migrate(&v2, moving, &patient, true).await.unwrap();
+    assert_eq!(dry, Moved::Moved { from: from.clone() });
+    assert_eq!(version_of(moving).await, from, "a dry run moves nothing");
+    let moved = migrate(&v2, moving, &patient, false).await.unwrap();
+    assert_eq!(moved, Moved::Moved { from: from.clone() });
+    assert_eq!(version_of(moving).await, Some(patient.digest()));
+    let log = repo::log(&pool, moving).await.unwrap();
+    let last = log.last().unwrap();
+    assert_eq!(
+        last.input.0,
+        machine::Input::Migrate {
+            to: patient.digest()
+        }
+    );
+    assert_eq!(last.definition_version, Some(patient.digest()));
+
+    // It goes on under the new version: the charge gets a minute.
+    let sent = replies(&v2, &pool, moving, &["reserved"]).await;
+    assert_eq!(sent, ["payment.cmd.charge", "saga.evt.updated"]);
+    let left: f64 = sqlx::query_scalar(
+        "SELECT extract(epoch FROM deadline - now())::float8 FROM sagas.sagas WHERE saga_id = $1",
+    )
+    .bind(moving)
+    .fetch_one(&pool)
+    .await
+    .unwrap();
+    assert!(left > 30.0, "{left} s left: the old 10 s timeout");
+    let log = repo::log(&pool, moving).await.unwrap();
+    let (replayed, _) =
+        machine::replay(&patient, moving, log.iter().map(|e| (&e.input.0, e.at))).unwrap();
+    assert_eq!(replayed, repo::get(&pool, moving).await.unwrap().unwrap());
+
+    // A finished saga, and one whose history would part from the target, stay.
+    let Moved::Refused(why) = migrate(&v2, done, &patient, false).await.unwrap() else {
+        panic!("a completed saga moved");
+    };
+    assert!(why.contains("completed"), "{why}");
+    let Moved::Refused(why) = migrate(&v2, early, &reordered_checkout(), false)
+        .await
+        .unwrap()
+    else {
+        panic!("a saga moved onto steps in another order");
+    };
+    assert!(why.contains("another path"), "{why}");
+    assert_eq!(version_of(early).await, from);
+}

@@ -151,6 +151,12 @@ pub enum Input {
     Halt {
         reason: String,
     },
+    /// An operator moved the saga onto another version of its definition (`warren saga
+    /// migrate`), which had to take the saga's recorded history the same way. Replaying the
+    /// log through the new version reproduces the saga with this entry applied.
+    Migrate {
+        to: String,
+    },
 }
 
 impl Input {
@@ -162,6 +168,7 @@ impl Input {
             Self::Retry => "operator retry".into(),
             Self::Cancel { reason } => format!("operator cancel ({reason})"),
             Self::Halt { reason } => format!("halt ({reason})"),
+            Self::Migrate { to } => format!("moved to version {to}"),
         }
     }
 }
@@ -256,7 +263,26 @@ pub fn apply(definition: &Definition, saga: &Saga, input: &Input, now: DateTime<
         Input::Retry => run().retry(),
         Input::Cancel { reason } => run().cancel(reason),
         Input::Halt { reason } => halt(saga, reason, now),
+        Input::Migrate { to } => migrate(saga, to, now),
     }
+}
+
+/// Records that the saga now runs on version `to`. Whether it may is the engine's to decide
+/// (the saga's history must replay through `to` unchanged); the state itself is the one that
+/// replay produced.
+fn migrate(saga: &Saga, to: &str, now: DateTime<Utc>) -> Outcome {
+    let mut saga = saga.clone();
+    let from = saga.definition_version.replace(to.to_owned());
+    saga.version += 1;
+    saga.updated_at = now;
+    Outcome::Applied(Transition {
+        saga,
+        commands: vec![],
+        note: format!(
+            "moved by an operator from version {} to {to}",
+            from.as_deref().unwrap_or("(none)")
+        ),
+    })
 }
 
 /// Stops a saga where it stands, for an operator (see [`Input::Halt`]). Needs no definition:

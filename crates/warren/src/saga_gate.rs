@@ -142,7 +142,7 @@ fn gate(
                 input: &row.input.0,
                 at: row.at,
                 applied: row.applied,
-                sent: sent(&row.commands.0),
+                sent: orchestrator::repo::sent_types(&row.commands.0),
                 status: &row.status,
             })
             .collect();
@@ -190,16 +190,6 @@ fn gate(
         ok: forks.is_empty(),
         forks,
     }
-}
-
-/// The message types of the commands a log entry sent.
-fn sent(commands: &Value) -> Vec<String> {
-    commands
-        .as_array()
-        .into_iter()
-        .flatten()
-        .filter_map(|c| c["message_type"].as_str().map(str::to_owned))
-        .collect()
 }
 
 fn print(gate: &Gate) {
