@@ -41,7 +41,10 @@ pub async fn migrate(
     let digest = to.digest();
     let refuse = |why: String| Ok(Moved::Refused(why));
     if saga.definition != to.name {
-        return refuse(format!("the saga runs {}, not {}", saga.definition, to.name));
+        return refuse(format!(
+            "the saga runs {}, not {}",
+            saga.definition, to.name
+        ));
     }
     if !matches!(saga.status, SagaStatus::Running | SagaStatus::Compensating) {
         return refuse(format!(
@@ -55,7 +58,9 @@ pub async fn migrate(
     let log = repo::log(&mut *tx, saga_id).await?;
     let recorded: Vec<_> = log.iter().map(repo::LogEntry::recorded).collect();
     if let Some((_, parted)) = fork(to, saga_id, &recorded) {
-        return refuse(format!("its history takes another path under {digest}: {parted}"));
+        return refuse(format!(
+            "its history takes another path under {digest}: {parted}"
+        ));
     }
     let replayed = match machine::replay(to, saga_id, log.iter().map(|e| (&e.input.0, e.at))) {
         Ok((replayed, _)) => replayed,
