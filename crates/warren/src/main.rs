@@ -27,6 +27,7 @@ mod queries;
 mod run;
 mod saga_cli;
 mod saga_gate;
+mod saga_migrate;
 mod saga_versions;
 mod settings;
 mod telemetry;

@@ -84,6 +84,13 @@ pub enum SagaCommand {
         #[arg(long, default_value = "cancelled by an operator from the CLI")]
         reason: String,
     },
+    /// Moves running sagas onto another version of their definition.
+    ///
+    /// A saga moves only if its recorded history replays through the target unchanged (the
+    /// target would have done the same so far); the others stay on their version and finish
+    /// on it. Each move is recorded in the saga's log. Exits 0 when every chosen saga moved
+    /// (or would, with `--dry-run`), 1 when some stay, 3 for an unknown version.
+    Migrate(crate::saga_migrate::MigrateArgs),
     /// Static checks of saga definitions; with `--against-history`, the replay gate.
     ///
     /// Exits 1 when any definition fails. With `--against-history`, each changed definition
@@ -162,6 +169,10 @@ pub async fn execute(
         SagaCommand::Versions => {
             let pool = connect(settings).await?;
             crate::saga_versions::versions(settings, &pool, json).await
+        }
+        SagaCommand::Migrate(args) => {
+            let pool = connect(settings).await?;
+            crate::saga_migrate::execute(settings, pool, args, json).await
         }
         SagaCommand::Retry { id } => operate(settings, id, Input::Retry, json).await,
         SagaCommand::Cancel { id, reason } => {

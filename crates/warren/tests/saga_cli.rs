@@ -5,33 +5,10 @@
 
 mod support;
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
 use serde_json::{Value, json};
-use support::{System, saga_id};
-
-/// What one `warren` run printed and how it ended.
-struct Ran {
-    code: i32,
-    stdout: String,
-    stderr: String,
-}
-
-impl Ran {
-    fn json(&self) -> Value {
-        serde_json::from_str(&self.stdout)
-            .unwrap_or_else(|e| panic!("not JSON ({e}):\n{}\n{}", self.stdout, self.stderr))
-    }
-
-    fn expect(self, code: i32) -> Self {
-        assert_eq!(
-            self.code, code,
-            "exit code\nstdout:\n{}\nstderr:\n{}",
-            self.stdout, self.stderr
-        );
-        self
-    }
-}
+use support::{CHECKOUT, Ran, System, applied_inputs, saga_id, swapped_checkout};
 
 /// Runs `warren <args>` against the system's database (and its saga definitions, when it has
 /// its own).
@@ -39,6 +16,7 @@ async fn warren(system: &System, args: &[&str]) -> Ran {
     run(args, &system.database_url, system.sagas_dir.as_deref()).await
 }
 
+/// Runs `warren <args>` against a database, with no broker.
 async fn run(args: &[&str], database_url: &str, sagas_dir: Option<&Path>) -> Ran {
     let mut command = tokio::process::Command::new(env!("CARGO_BIN_EXE_warren"));
     command
@@ -51,32 +29,7 @@ async fn run(args: &[&str], database_url: &str, sagas_dir: Option<&Path>) -> Ran
     if let Some(dir) = sagas_dir {
         command.env("WARREN_SAGAS_DIR", dir);
     }
-    let output = command.output().await.unwrap();
-    Ran {
-        code: output.status.code().unwrap_or(-1),
-        stdout: String::from_utf8_lossy(&output.stdout).into_owned(),
-        stderr: String::from_utf8_lossy(&output.stderr).into_owned(),
-    }
-}
-
-const CHECKOUT: &str = include_str!("../../../sagas/checkout.toml");
-
-/// Writes a definition into a fresh folder of the test's own; returns the file.
-fn write_definition(system: &System, folder: &str, text: &str) -> PathBuf {
-    let dir = std::env::temp_dir().join(format!("warren-{folder}-{}", system.vhost));
-    std::fs::create_dir_all(&dir).unwrap();
-    let file = dir.join("checkout.toml");
-    std::fs::write(&file, text).unwrap();
-    file
-}
-
-/// Checkout with create_order and reserve_inventory swapped: still passes its checks, but a
-/// recorded checkout no longer replays through it.
-fn swapped_steps() -> String {
-    let parts: Vec<&str> = CHECKOUT.split("[[step]]").collect();
-    assert_eq!(parts.len(), 5, "four steps");
-    assert!(parts[1].contains("create_order") && parts[2].contains("reserve_inventory"));
-    [parts[0], parts[2], parts[1], parts[3], parts[4]].join("[[step]]")
+    Ran::of(&mut command).await
 }
 
 /// Checkout for a compensation outage: one-second timeouts and only two compensation attempts,
@@ -89,16 +42,6 @@ fn short_fuses(text: &str) -> String {
         .replace("max_backoff = \"30s\"", "max_backoff = \"2s\"");
     assert!(!text.contains("\"10s\"") && text.contains("attempts = 2\nbackoff = \"2s\""));
     text
-}
-
-fn applied_inputs(shown: &Value) -> Vec<String> {
-    shown["timeline"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .filter(|e| e["applied"] == true)
-        .map(|e| e["summary"].as_str().unwrap().to_owned())
-        .collect()
 }
 
 #[tokio::test]
@@ -248,7 +191,7 @@ async fn show_and_replay_explain_completed_and_compensated_checkouts() {
     );
 
     // A definition with two steps swapped does not reproduce the recorded checkout.
-    let swapped = write_definition(&system, "swapped", &swapped_steps());
+    let swapped = system.write_definition("swapped", &swapped_checkout());
     let swapped = swapped.to_str().unwrap();
     let diverged = warren(
         &system,
@@ -390,7 +333,7 @@ async fn show_and_replay_explain_completed_and_compensated_checkouts() {
 #[tokio::test]
 async fn a_saga_failed_by_a_compensation_outage_is_found_replayed_and_retried_to_compensated() {
     let mut system = System::new().await;
-    let definition = write_definition(&system, "sagas", &short_fuses(CHECKOUT));
+    let definition = system.write_definition("sagas", &short_fuses(CHECKOUT));
     system.sagas_dir = Some(definition.parent().unwrap().to_owned());
     // No order service: the order is never created, and neither is its cancel answered.
     system.spawn(&["gateway", "orchestrator", "inventory", "payment"]);
@@ -441,7 +384,7 @@ async fn a_saga_failed_by_a_compensation_outage_is_found_replayed_and_retried_to
     // compensates at once instead of sending the order again.
     let one_attempt = CHECKOUT.replacen("attempts = 2", "attempts = 1", 1);
     assert!(one_attempt.contains("attempts = 1\ncompensation = { command = \"order.cmd.cancel\""));
-    let changed = write_definition(&system, "changed", &short_fuses(&one_attempt));
+    let changed = system.write_definition("changed", &short_fuses(&one_attempt));
     let changed = changed.to_str().unwrap();
     let diverged = warren(
         &system,
@@ -576,98 +519,4 @@ async fn check_and_graph_need_no_database_and_the_rest_say_when_it_is_unreachabl
         stderr.contains("cannot reach PostgreSQL at postgres://postgres:***@127.0.0.1:1/warren"),
         "{stderr}"
     );
-}
-
-/// The replay gate before a deploy: a change every recorded checkout replays through passes
-/// (exit 0), and one that would move them onto other steps fails (exit 1), saying where they
-/// part, how many, and what the change does to the version they ran on.
-#[tokio::test]
-async fn check_against_history_passes_a_timeout_change_and_flags_reorders_and_removals() {
-    let mut system = System::new().await;
-    system.spawn(&["all"]);
-    system.ready().await;
-    system
-        .seed(&[("SKU-1", 1250, 10)], &[("rich", 10_000), ("poor", 1000)])
-        .await;
-    for (customer, end) in [
-        ("rich", "completed"),
-        ("rich", "completed"),
-        ("poor", "compensated"),
-    ] {
-        let (_, answer) = system.checkout(customer, &[("SKU-1", 1)], None).await;
-        let last = system.follow(&saga_id(&answer)).await.pop().unwrap();
-        assert_eq!(last["state"], end, "{last}");
-    }
-    let gate = |file: PathBuf| {
-        let system = &system;
-        async move {
-            let file = file.display().to_string();
-            warren(
-                system,
-                &["saga", "check", "--against-history", "--json", &file],
-            )
-            .await
-        }
-    };
-
-    let same = gate(write_definition(&system, "gate-same", CHECKOUT)).await;
-    let report = same.expect(0).json();
-    assert_eq!(
-        (&report[0]["sagas"], &report[0]["unchanged"]),
-        (&json!(3), &json!(3))
-    );
-    assert_eq!(report[0]["versions"][0]["changes"], json!([]), "{report:#}");
-
-    // A longer timeout: no recorded checkout timed out, so none would go otherwise.
-    let patient = CHECKOUT.replacen("timeout = \"10s\"", "timeout = \"30s\"", 1);
-    let report = gate(write_definition(&system, "gate-patient", &patient))
-        .await
-        .expect(0)
-        .json();
-    assert_eq!(report[0]["unchanged"], 3, "{report:#}");
-    let listed = report[0]["versions"][0]["changes"].to_string();
-    assert!(listed.contains("step create_order: timeout"), "{listed}");
-
-    // Reordered: every history parts at its start.
-    let ran = gate(write_definition(&system, "gate-swapped", &swapped_steps())).await;
-    let report = ran.expect(1).json();
-    let forks = report[0]["forks"].as_array().unwrap();
-    assert_eq!(forks.len(), 1, "{report:#}");
-    assert_eq!(forks[0]["sagas"], 3);
-    assert_eq!(forks[0]["fork"]["kind"], "sends");
-    assert_eq!(forks[0]["fork"]["input"], "start");
-    assert_eq!(forks[0]["examples"].as_array().unwrap().len(), 3);
-    assert!(
-        report[0]["versions"][0]["changes"][0]
-            .as_str()
-            .unwrap()
-            .starts_with("steps reordered"),
-        "{report:#}"
-    );
-
-    // The confirmation removed: the two completed checkouts part after their charge; the
-    // declined one never got that far.
-    let parts: Vec<&str> = CHECKOUT.split("[[step]]").collect();
-    let shortened = parts[..4].join("[[step]]");
-    let file = write_definition(&system, "gate-shortened", &shortened);
-    let report = gate(file.clone()).await.expect(1).json();
-    assert_eq!(report[0]["unchanged"], 1, "{report:#}");
-    assert_eq!(report[0]["forks"][0]["sagas"], 2, "{report:#}");
-    assert_eq!(
-        report[0]["forks"][0]["fork"]["input"],
-        "reply payment.evt.charged"
-    );
-    // For people: where, how many, and the verdict.
-    let file = file.display().to_string();
-    let text = warren(&system, &["saga", "check", "--against-history", &file])
-        .await
-        .expect(1)
-        .stdout;
-    assert!(text.contains("- step confirm_order removed"), "{text}");
-    assert!(
-        text.contains("2 would take another path (0 of them running)"),
-        "{text}"
-    );
-    assert!(text.contains("FAIL"), "{text}");
-    system.stop().await;
 }

@@ -235,19 +235,31 @@ impl System {
             .unwrap()
     }
 
-    /// Runs `warren <args>` against this system's broker and database.
+    /// Runs `warren <args>` against this system's broker and database (and its saga
+    /// definitions, when it has its own).
     pub async fn cli(&self, args: &[&str]) -> Ran {
-        Ran::of(
-            Command::new(env!("CARGO_BIN_EXE_warren"))
-                .args(args)
-                .env("WARREN_AMQP_URL", testkit::amqp_url_for(&self.vhost))
-                .env("WARREN_DATABASE_URL", &self.database_url)
-                .env("WARREN_CONNECT_TIMEOUT_SECS", "10")
-                .env("NO_COLOR", "1")
-                .env("RUST_LOG", "warn")
-                .env_remove("WARREN_SAGAS_DIR"),
-        )
-        .await
+        let mut command = Command::new(env!("CARGO_BIN_EXE_warren"));
+        command
+            .args(args)
+            .env("WARREN_AMQP_URL", testkit::amqp_url_for(&self.vhost))
+            .env("WARREN_DATABASE_URL", &self.database_url)
+            .env("WARREN_CONNECT_TIMEOUT_SECS", "10")
+            .env("NO_COLOR", "1")
+            .env("RUST_LOG", "warn")
+            .env_remove("WARREN_SAGAS_DIR");
+        if let Some(dir) = &self.sagas_dir {
+            command.env("WARREN_SAGAS_DIR", dir);
+        }
+        Ran::of(&mut command).await
+    }
+
+    /// Writes a checkout definition into a fresh folder of the test's own; returns the file.
+    pub fn write_definition(&self, folder: &str, text: &str) -> PathBuf {
+        let dir = std::env::temp_dir().join(format!("warren-{folder}-{}", self.vhost));
+        std::fs::create_dir_all(&dir).unwrap();
+        let file = dir.join("checkout.toml");
+        std::fs::write(&file, text).unwrap();
+        file
     }
 
     /// Kills a process the hard way (SIGKILL): what it had not acked comes back to others.
@@ -472,6 +484,16 @@ impl Ran {
         }
     }
 
+    /// Fails the test unless the command exited with `code`.
+    pub fn expect(self, code: i32) -> Self {
+        assert_eq!(
+            self.code, code,
+            "exit code\nstdout:\n{}\nstderr:\n{}",
+            self.stdout, self.stderr
+        );
+        self
+    }
+
     /// The standard output as JSON (for `--json` commands).
     pub fn json(&self) -> Value {
         serde_json::from_str(&self.stdout)
@@ -508,4 +530,27 @@ impl EventStream {
             self.buffer.push_str(&String::from_utf8_lossy(&chunk));
         }
     }
+}
+
+/// The built-in checkout definition.
+pub const CHECKOUT: &str = include_str!("../../../../sagas/checkout.toml");
+
+/// Checkout with create_order and reserve_inventory swapped: still passes its checks, but a
+/// recorded checkout no longer replays through it.
+pub fn swapped_checkout() -> String {
+    let parts: Vec<&str> = CHECKOUT.split("[[step]]").collect();
+    assert_eq!(parts.len(), 5, "four steps");
+    assert!(parts[1].contains("create_order") && parts[2].contains("reserve_inventory"));
+    [parts[0], parts[2], parts[1], parts[3], parts[4]].join("[[step]]")
+}
+
+/// The inputs a `warren saga show --json` timeline says were applied.
+pub fn applied_inputs(shown: &Value) -> Vec<String> {
+    shown["timeline"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|e| e["applied"] == true)
+        .map(|e| e["summary"].as_str().unwrap().to_owned())
+        .collect()
 }
