@@ -26,8 +26,6 @@ mod output;
 mod queries;
 mod run;
 mod saga_cli;
-mod saga_gate;
-mod saga_migrate;
 mod saga_versions;
 mod settings;
 mod telemetry;

@@ -1,5 +1,5 @@
 //! `warren saga check`: static checks of saga definitions, and with `--against-history` the
-//! replay gate ([`crate::saga_gate`]) for the definitions that pass them.
+//! replay gate ([`super::gate`]) for the definitions that pass them.
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -147,5 +147,5 @@ pub(super) async fn gate(
         definitions
     };
     let pool = connect(settings).await?;
-    crate::saga_gate::against_history(&pool, definitions, since, json).await
+    super::gate::against_history(&pool, definitions, since, json).await
 }

@@ -9,6 +9,8 @@
 //! - `retry`, `cancel`: operator inputs, applied by the orchestrator's engine in one
 //!   transaction with the commands they cause (through the outbox, like any transition).
 //! - `check`, `graph`: static checks and a Mermaid picture of definitions; no database.
+//!   `check --against-history` replays recorded histories through changed definitions.
+//! - `migrate`: moves chosen running sagas onto another version of their definition.
 //!
 //! Every command prints JSON instead of tables with `--json`. Exit codes follow
 //! [`crate::exit`]: a divergence, a failed check or an ignored operator input is 1, an unknown
@@ -19,7 +21,9 @@
 //! - [`fold`]: the replay engine, a recorded log folded through a definition entry by entry
 //!   and compared with what was recorded; [`replay`]: the `replay` command on top of it.
 //! - [`operate`]: `retry` and `cancel`.
-//! - [`check`]: `check`, and `check --against-history` handing over to [`crate::saga_gate`].
+//! - [`check`]: `check`, and `check --against-history` handing over to [`gate`], the replay
+//!   gate before a deploy.
+//! - [`migrate`]: `migrate`, moving running sagas onto another version where that is safe.
 //! - [`graph`]: `graph`, the Mermaid flowchart.
 //! - [`time`]: times and durations, as people write and read them.
 //!
@@ -29,8 +33,10 @@ mod check;
 #[cfg(test)]
 mod fixtures;
 mod fold;
+mod gate;
 mod graph;
 mod list;
+mod migrate;
 mod operate;
 mod replay;
 mod show;
@@ -106,7 +112,7 @@ pub enum SagaCommand {
     /// target would have done the same so far); the others stay on their version and finish
     /// on it. Each move is recorded in the saga's log. Exits 0 when every chosen saga moved
     /// (or would, with `--dry-run`), 1 when some stay, 3 for an unknown version.
-    Migrate(crate::saga_migrate::MigrateArgs),
+    Migrate(migrate::MigrateArgs),
     /// Static checks of saga definitions; with `--against-history`, the replay gate.
     ///
     /// Exits 1 when any definition fails. With `--against-history`, each changed definition
@@ -155,7 +161,7 @@ pub async fn execute(
         }
         SagaCommand::Migrate(args) => {
             let pool = connect(settings).await?;
-            crate::saga_migrate::execute(settings, pool, args, json).await
+            migrate::execute(settings, pool, args, json).await
         }
         SagaCommand::Retry { id } => operate::operate(settings, id, Input::Retry, json).await,
         SagaCommand::Cancel { id, reason } => {

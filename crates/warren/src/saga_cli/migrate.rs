@@ -22,7 +22,7 @@ use crate::output::{self, Table, paint};
 use crate::settings::Settings;
 
 #[derive(Debug, Args)]
-pub struct MigrateArgs {
+pub(crate) struct MigrateArgs {
     /// The version to move sagas from (a digest, as `warren saga versions` lists it).
     #[arg(long)]
     from: String,
@@ -49,7 +49,7 @@ struct Outcome {
     reason: Option<String>,
 }
 
-pub async fn execute(
+pub(super) async fn execute(
     settings: &Settings,
     pool: PgPool,
     args: MigrateArgs,

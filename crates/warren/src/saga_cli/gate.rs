@@ -76,7 +76,7 @@ struct Row {
 }
 
 /// Checks each changed definition against the recorded histories of its name.
-pub async fn against_history(
+pub(super) async fn against_history(
     pool: &PgPool,
     definitions: Vec<(String, Definition)>,
     since: Option<DateTime<Utc>>,
