@@ -18,7 +18,7 @@ use std::collections::BTreeMap;
 use chrono::{DateTime, Duration, Utc};
 use proptest::prelude::*;
 use saga::definition::Definition;
-use saga::machine::{self, Command, Input, Outcome, Saga, SagaStatus};
+use saga::machine::{self, Command, Input, Outcome, Saga, SagaStatus, StepStatus};
 use serde_json::{Value, json};
 use uuid::Uuid;
 
@@ -48,6 +48,8 @@ struct World {
     participants: BTreeMap<String, Participant>,
     /// Per step: does its participant say yes?
     fate: Vec<bool>,
+    /// Commands the saga sent for a step whose compensation was already done.
+    undone_then_sent: Vec<String>,
 }
 
 impl World {
@@ -72,11 +74,29 @@ impl World {
             now,
             participants,
             fate,
+            undone_then_sent: Vec::new(),
         }
     }
 
     fn feed(&mut self, input: &Input) {
+        let undone: Vec<String> = self
+            .saga
+            .steps
+            .iter()
+            .filter(|s| s.status == StepStatus::Compensated)
+            .map(|s| s.name.clone())
+            .collect();
         if let Outcome::Applied(t) = machine::apply(&self.definition, &self.saga, input, self.now) {
+            for command in t.commands.iter().filter(|c| !c.compensation) {
+                if undone.contains(&command.step) {
+                    self.undone_then_sent.push(format!(
+                        "{} sent for {} after its compensation, on {}",
+                        command.message_type,
+                        command.step,
+                        input.describe()
+                    ));
+                }
+            }
             self.saga = t.saga;
             self.in_flight
                 .extend(t.commands.into_iter().map(Message::Command));
@@ -174,6 +194,8 @@ proptest! {
             SagaStatus::Failed => prop_assert!(world.saga.error.is_some()),
             other => prop_assert!(false, "not terminal: {other:?}"),
         }
+        // A step's command is never sent again once its compensation was done.
+        prop_assert!(world.undone_then_sent.is_empty(), "{:?}", world.undone_then_sent);
         // Never charged without a confirmed order, never confirmed without a charge.
         if world.saga.status != SagaStatus::Failed {
             prop_assert_eq!(effects[2], effects[3]);

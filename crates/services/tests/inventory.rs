@@ -364,7 +364,6 @@ async fn concurrent_reserves_releases_and_sales_conserve_stock(pool: PgPool) {
     assert_eq!(totals.available + totals.reserved + totals.sold, initial);
     for (sku, available) in SKUS {
         let (a, r, s) = stock(&pool, sku).await;
-        assert!(a >= 0 && r >= 0 && s >= 0, "{sku}: {a}, {r}, {s}");
         assert_eq!(a + r + s, available, "{sku}");
     }
     // What products hold agrees with what reservations say they hold.
@@ -391,4 +390,35 @@ async fn concurrent_reserves_releases_and_sales_conserve_stock(pool: PgPool) {
         },
         "the run should move some stock"
     );
+}
+
+/// Stock and balances are never negative because the schema refuses it, whatever a handler
+/// does: the tests of conservation rely on these constraints instead of re-checking the sign.
+#[sqlx::test(migrations = "../../migrations")]
+async fn the_schema_refuses_negative_stock_and_balances(pool: PgPool) {
+    sqlx::query(
+        "INSERT INTO inventory.products (sku, name, price_cents, available, stocked) \
+         VALUES ('SKU-N', 'n', 100, 1, 1)",
+    )
+    .execute(&pool)
+    .await
+    .unwrap();
+    sqlx::query("INSERT INTO payments.accounts (customer_id, balance_cents, funded_cents) VALUES ('c-n', 1, 1)")
+        .execute(&pool)
+        .await
+        .unwrap();
+    for sql in [
+        "UPDATE inventory.products SET available = available - 2 WHERE sku = 'SKU-N'",
+        "UPDATE inventory.products SET reserved = reserved - 1 WHERE sku = 'SKU-N'",
+        "UPDATE inventory.products SET sold = sold - 1 WHERE sku = 'SKU-N'",
+        "UPDATE payments.accounts SET balance_cents = balance_cents - 2 WHERE customer_id = 'c-n'",
+    ] {
+        let refused = sqlx::query(sql).execute(&pool).await.unwrap_err();
+        let kind = refused.as_database_error().map(|e| e.kind());
+        assert_eq!(
+            kind,
+            Some(sqlx::error::ErrorKind::CheckViolation),
+            "{sql}: {refused}"
+        );
+    }
 }
