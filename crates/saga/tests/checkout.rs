@@ -558,7 +558,10 @@ fn replaying_the_log_reproduces_the_state() {
     );
     assert_eq!(saga.steps[1].attempts, 2);
     assert_eq!(
-        (saga.steps[0].compensation_attempts, saga.steps[1].compensation_attempts),
+        (
+            saga.steps[0].compensation_attempts,
+            saga.steps[1].compensation_attempts
+        ),
         (1, 1)
     );
     assert_eq!(saga.version, 5, "the start and four applied inputs");
