@@ -475,8 +475,13 @@ async fn chaos_controls_from_anyone_but_the_operator_are_ignored() {
     .await
     .unwrap();
     assert!(answers.is_empty(), "{answers:?}");
-    // Nor one that names no user at all.
+    // Nor one that names no user at all (confirmed: it is in the listener's queue before the
+    // operator's next control).
     let channel = guest.channel().await.unwrap();
+    channel
+        .confirm_select(lapin::options::ConfirmSelectOptions::default())
+        .await
+        .unwrap();
     channel
         .basic_publish(
             routing::CONTROL_EXCHANGE.into(),
@@ -485,6 +490,8 @@ async fn chaos_controls_from_anyone_but_the_operator_are_ignored() {
             &serde_json::to_vec(&decline_all()).unwrap(),
             BasicProperties::default(),
         )
+        .await
+        .unwrap()
         .await
         .unwrap();
     // A message naming another user than its connection's is refused by the broker.
@@ -505,7 +512,12 @@ async fn chaos_controls_from_anyone_but_the_operator_are_ignored() {
         .unwrap()
         .await;
     assert!(forged.is_err(), "a forged user_id: {forged:?}");
-    tokio::time::sleep(Duration::from_millis(500)).await;
+    // The listener takes its queue in order: once it has answered the operator's next control,
+    // it has seen (and ignored) the ones before.
+    let answers = chaos::send(&operator, &show, Duration::from_secs(5), Duration::ZERO)
+        .await
+        .unwrap();
+    assert_eq!(answers.len(), 1, "{answers:?}");
     assert_eq!(faults.settings(), chaos::FaultSettings::default());
 
     // The operator's is taken.
