@@ -31,8 +31,10 @@ pub enum ApiError {
     TooLarge(String),
     #[error("{0}")]
     UnsupportedMediaType(String),
-    #[error("{0}")]
-    Unavailable(String),
+    /// A service, the broker or the database did not do its part (503): what failed, for the
+    /// client; why, for the log only (it may name hosts, queues or library errors).
+    #[error("{what}")]
+    Unavailable { what: &'static str, detail: String },
     /// Past the caller's rate limit (429), with how long to wait.
     #[error("too many requests; try again in {retry_after_secs} s")]
     TooManyRequests { retry_after_secs: u64 },
@@ -56,7 +58,7 @@ impl ApiError {
             Self::UnsupportedMediaType(_) => {
                 (StatusCode::UNSUPPORTED_MEDIA_TYPE, "unsupported_media_type")
             }
-            Self::Unavailable(_) => (StatusCode::SERVICE_UNAVAILABLE, "unavailable"),
+            Self::Unavailable { .. } => (StatusCode::SERVICE_UNAVAILABLE, "unavailable"),
             Self::TooManyRequests { .. } => (StatusCode::TOO_MANY_REQUESTS, "rate_limited"),
             Self::TimedOut => (StatusCode::SERVICE_UNAVAILABLE, "timed_out"),
             Self::Internal(_) => (StatusCode::INTERNAL_SERVER_ERROR, "internal"),
@@ -69,7 +71,7 @@ impl IntoResponse for ApiError {
         let (status, code) = self.status_and_code();
         match &self {
             Self::Internal(detail) => error!(%detail, "request failed"),
-            Self::Unavailable(detail) => warn!(%detail, "dependency unavailable"),
+            Self::Unavailable { what, detail } => warn!(%detail, "{what}"),
             _ => {}
         }
         let body = json!({"error": {"code": code, "message": self.to_string()}});
@@ -118,9 +120,10 @@ impl From<RpcError> for ApiError {
                 code: RemoteCode::BadRequest,
                 message,
             } => Self::BadRequest(message),
-            RpcError::Timeout { .. } | RpcError::Unavailable(_) => {
-                Self::Unavailable(format!("the owning service did not answer: {error}"))
-            }
+            RpcError::Timeout { .. } | RpcError::Unavailable(_) => Self::Unavailable {
+                what: "the owning service did not answer",
+                detail: error.to_string(),
+            },
             other => Self::Internal(other.to_string()),
         }
     }
@@ -128,9 +131,10 @@ impl From<RpcError> for ApiError {
 
 impl From<bus::PublishError> for ApiError {
     fn from(error: bus::PublishError) -> Self {
-        Self::Unavailable(format!(
-            "the command was not accepted by the broker: {error}"
-        ))
+        Self::Unavailable {
+            what: "the command was not accepted by the broker",
+            detail: error.to_string(),
+        }
     }
 }
 
@@ -141,4 +145,25 @@ pub async fn not_found(uri: axum::http::Uri) -> ApiError {
 pub async fn method_not_allowed() -> Response {
     let body = json!({"error": {"code": "method_not_allowed", "message": "this route does not take that method"}});
     (StatusCode::METHOD_NOT_ALLOWED, Json(body)).into_response()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn an_unavailable_dependency_is_named_without_its_internal_error() {
+        let wait = std::time::Duration::from_secs(3);
+        let response = ApiError::from(bus::PublishError::TimedOut(wait)).into_response();
+        assert_eq!(response.status(), StatusCode::SERVICE_UNAVAILABLE);
+        let body = axum::body::to_bytes(response.into_body(), usize::MAX)
+            .await
+            .unwrap();
+        let body: serde_json::Value = serde_json::from_slice(&body).unwrap();
+        assert_eq!(
+            body,
+            json!({"error": {"code": "unavailable",
+                             "message": "the command was not accepted by the broker"}})
+        );
+    }
 }

@@ -13,13 +13,19 @@ pub async fn live() -> Json<Value> {
 
 pub async fn ready(State(state): State<AppState>) -> Result<Json<Value>, ApiError> {
     if !state.bus.is_connected() {
-        return Err(ApiError::Unavailable("RabbitMQ connection is down".into()));
+        return Err(ApiError::Unavailable {
+            what: "RabbitMQ connection is down",
+            detail: "the broker connection is not connected".into(),
+        });
     }
     if let Some(pool) = &state.pool {
         sqlx::query("SELECT 1")
             .execute(pool)
             .await
-            .map_err(|_| ApiError::Unavailable("PostgreSQL does not answer".into()))?;
+            .map_err(|error| ApiError::Unavailable {
+                what: "PostgreSQL does not answer",
+                detail: error.to_string(),
+            })?;
     }
     Ok(Json(
         json!({"status": "ready", "broker": "up", "database": "up"}),

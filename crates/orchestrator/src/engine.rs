@@ -122,7 +122,7 @@ impl Engine {
             .ok_or_else(|| EngineError::UnknownDefinition(start.saga.clone()))?;
         let transition = match machine::start(definition, start.saga_id, start.input.clone(), now) {
             Ok(transition) => transition,
-            Err(reason) => return Err(EngineError::BadInput(reason)),
+            Err(error) => return Err(EngineError::BadInput(error.to_string())),
         };
         self.versions
             .record(tx, definition, started_under(&transition))
@@ -337,7 +337,7 @@ impl Engine {
                 .definition(&start.saga)
                 .ok_or_else(|| EngineError::UnknownDefinition(start.saga.clone()))?;
             let transition = machine::start(definition, start.saga_id, start.input.clone(), now)
-                .map_err(EngineError::BadInput)?;
+                .map_err(|e| EngineError::BadInput(e.to_string()))?;
             self.versions
                 .record(tx, definition, started_under(&transition))
                 .await?;

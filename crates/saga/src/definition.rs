@@ -229,8 +229,8 @@ impl Definition {
         }
     }
 
-    pub fn from_toml(text: &str) -> Result<Self, String> {
-        toml::from_str(text).map_err(|e| e.to_string())
+    pub fn from_toml(text: &str) -> Result<Self, toml::de::Error> {
+        toml::from_str(text)
     }
 
     /// Reads and checks a definition file.
@@ -240,9 +240,9 @@ impl Definition {
             path: shown.clone(),
             reason: e.to_string(),
         })?;
-        let definition = Self::from_toml(&text).map_err(|reason| LoadError::Parse {
+        let definition = Self::from_toml(&text).map_err(|e| LoadError::Parse {
             path: shown.clone(),
-            reason,
+            reason: e.to_string(),
         })?;
         let errors = definition.check(schemas);
         if errors.is_empty() {

@@ -4,21 +4,35 @@ use std::time::Duration;
 
 use serde::{Deserialize, Deserializer, Serializer};
 
-pub fn parse(text: &str) -> Result<Duration, String> {
+/// Why a duration does not read.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum DurationError {
+    #[error("{0:?} has no unit (ms, s, m or h)")]
+    NoUnit(String),
+    #[error("{0:?} does not start with a whole number")]
+    NotANumber(String),
+    #[error("{text:?}: unknown unit {unit:?} (ms, s, m or h)")]
+    UnknownUnit { text: String, unit: String },
+}
+
+pub fn parse(text: &str) -> Result<Duration, DurationError> {
     let text = text.trim();
     let split = text
         .find(|c: char| !c.is_ascii_digit())
-        .ok_or_else(|| format!("{text:?} has no unit (ms, s, m or h)"))?;
+        .ok_or_else(|| DurationError::NoUnit(text.to_owned()))?;
     let (number, unit) = text.split_at(split);
     let number: u64 = number
         .parse()
-        .map_err(|_| format!("{text:?} does not start with a whole number"))?;
+        .map_err(|_| DurationError::NotANumber(text.to_owned()))?;
     match unit {
         "ms" => Ok(Duration::from_millis(number)),
         "s" => Ok(Duration::from_secs(number)),
         "m" => Ok(Duration::from_secs(number * 60)),
         "h" => Ok(Duration::from_secs(number * 3600)),
-        _ => Err(format!("{text:?}: unknown unit {unit:?} (ms, s, m or h)")),
+        _ => Err(DurationError::UnknownUnit {
+            text: text.to_owned(),
+            unit: unit.to_owned(),
+        }),
     }
 }
 
@@ -69,8 +83,12 @@ mod tests {
 
     #[test]
     fn malformed_durations_say_why() {
-        assert!(parse("10").unwrap_err().contains("no unit"));
-        assert!(parse("10 days").unwrap_err().contains("unknown unit"));
-        assert!(parse("s").unwrap_err().contains("whole number"));
+        assert_eq!(parse("10"), Err(DurationError::NoUnit("10".into())));
+        assert!(matches!(
+            parse("10 days"),
+            Err(DurationError::UnknownUnit { unit, .. }) if unit == " days"
+        ));
+        assert_eq!(parse("s"), Err(DurationError::NotANumber("s".into())));
+        assert!(parse("10").unwrap_err().to_string().contains("no unit"));
     }
 }

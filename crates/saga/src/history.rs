@@ -120,7 +120,10 @@ pub fn fork(definition: &Definition, id: Uuid, history: &[Recorded<'_>]) -> Opti
     };
     let started = match machine::start(definition, id, input.clone(), first.at) {
         Ok(started) => started,
-        Err(reason) => return Some((0, Fork::CannotStart { reason })),
+        Err(error) => {
+            let reason = error.to_string();
+            return Some((0, Fork::CannotStart { reason }));
+        }
     };
     let mut saga = started.saga;
     let sent = started.commands.iter().map(|c| c.message_type.clone());

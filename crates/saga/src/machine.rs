@@ -200,25 +200,40 @@ pub enum Outcome {
     Ignored(String),
 }
 
+/// Why a saga cannot start.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum StartError {
+    #[error("{saga} input lacks {}", .missing.join(", "))]
+    MissingInput { saga: String, missing: Vec<String> },
+}
+
+/// Why a log cannot be replayed.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ReplayError {
+    #[error("the log does not begin with a start")]
+    NoStart,
+    #[error(transparent)]
+    Start(#[from] StartError),
+}
+
 /// Starts a saga: checks the input and sends the first step's command.
 pub fn start(
     definition: &Definition,
     id: Uuid,
     input: Map<String, Value>,
     now: DateTime<Utc>,
-) -> Result<Transition, String> {
-    let missing: Vec<&str> = definition
+) -> Result<Transition, StartError> {
+    let missing: Vec<String> = definition
         .input
         .iter()
         .filter(|k| !input.contains_key(k.as_str()))
-        .map(String::as_str)
+        .cloned()
         .collect();
     if !missing.is_empty() {
-        return Err(format!(
-            "{} input lacks {}",
-            definition.name,
-            missing.join(", ")
-        ));
+        return Err(StartError::MissingInput {
+            saga: definition.name.clone(),
+            missing,
+        });
     }
     let saga = Saga {
         id,
@@ -313,10 +328,10 @@ pub fn replay<'a>(
     definition: &Definition,
     id: Uuid,
     log: impl IntoIterator<Item = (&'a Input, DateTime<Utc>)>,
-) -> Result<(Saga, Vec<bool>), String> {
+) -> Result<(Saga, Vec<bool>), ReplayError> {
     let mut log = log.into_iter();
     let Some((Input::Start { input }, at)) = log.next() else {
-        return Err("the log does not begin with a start".into());
+        return Err(ReplayError::NoStart);
     };
     let mut saga = start(definition, id, input.clone(), at)?.saga;
     let mut applied = vec![true];

@@ -106,7 +106,7 @@ impl FaultArgs {
     }
 }
 
-fn parse_duration(text: &str) -> Result<Duration, String> {
+fn parse_duration(text: &str) -> Result<Duration, saga::duration::DurationError> {
     saga::duration::parse(text)
 }
 

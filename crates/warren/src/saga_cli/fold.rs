@@ -97,7 +97,7 @@ pub(super) fn replay_log(definition: &Definition, stored: &Saga, log: &[LogEntry
                         saga = Some(transition.saga);
                         (true, transition.note)
                     }
-                    Err(why) => (false, why),
+                    Err(why) => (false, why.to_string()),
                 }
             }
             (None, _) => (false, "the saga has not started".to_owned()),
