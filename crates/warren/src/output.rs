@@ -38,6 +38,17 @@ pub fn state_style(state: &str) -> &'static str {
     }
 }
 
+/// At most `width` characters of `text` on one line: runs of white space (line breaks too)
+/// become one space, and a cut ends in `…`.
+pub fn shorten(text: &str, width: usize) -> String {
+    let line = text.split_whitespace().collect::<Vec<_>>().join(" ");
+    if line.chars().count() <= width {
+        return line;
+    }
+    let cut: String = line.chars().take(width.saturating_sub(1)).collect();
+    format!("{}…", cut.trim_end())
+}
+
 /// Prints a value as pretty JSON.
 pub fn json<T: Serialize>(value: &T) -> anyhow::Result<()> {
     println!("{}", serde_json::to_string_pretty(value)?);
@@ -103,5 +114,22 @@ impl Table {
         for row in &self.rows {
             line(row.clone());
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::shorten;
+
+    #[test]
+    fn text_is_shortened_to_one_line() {
+        assert_eq!(shorten("short", 10), "short");
+        assert_eq!(shorten("a rather long error message", 10), "a rather…");
+        assert_eq!(shorten("two\nlines", 10), "two lines");
+        assert_eq!(shorten("a long first line\nand more", 10), "a long fi…");
+        // A line break at either end is no reason to show less, or to hint at more.
+        assert_eq!(shorten("\nboom", 10), "boom");
+        assert_eq!(shorten("boom\n", 10), "boom");
+        assert_eq!(shorten("", 10), "");
     }
 }

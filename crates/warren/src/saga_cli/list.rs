@@ -7,9 +7,9 @@ use contracts::messages::SagaView;
 use orchestrator::{repo, view};
 use sqlx::types::chrono::{DateTime, Utc};
 
-use super::time::{age, shorten, since};
+use super::time::{age, since};
 use super::{Db, STATES, connect};
-use crate::output::{self, Table, state_style};
+use crate::output::{self, Table, shorten, state_style};
 use crate::settings::Settings;
 
 #[derive(Debug, Args)]

@@ -66,21 +66,12 @@ pub(super) fn span(ms: i64) -> String {
     format!("{sign}{text}")
 }
 
-pub(super) fn shorten(text: &str, max: usize) -> String {
-    let line = text.lines().next().unwrap_or_default();
-    if line.chars().count() <= max && line.len() == text.len() {
-        return line.to_owned();
-    }
-    let cut: String = line.chars().take(max.saturating_sub(1)).collect();
-    format!("{cut}…")
-}
-
 #[cfg(test)]
 #[allow(clippy::unwrap_used)]
 mod tests {
     use std::time::Duration;
 
-    use super::{age, parse_time, shorten, span};
+    use super::{age, parse_time, span};
     use crate::saga_cli::fixtures::at;
 
     #[test]
@@ -125,8 +116,5 @@ mod tests {
         assert_eq!(age(42_000), "42s");
         assert_eq!(age(3 * 3_600_000), "3h");
         assert_eq!(age(12 * 86_400_000), "12d");
-        assert_eq!(shorten("short", 10), "short");
-        assert_eq!(shorten("a rather long error message", 10), "a rather …");
-        assert_eq!(shorten("two\nlines", 10), "two…");
     }
 }
