@@ -235,22 +235,17 @@ async fn process<H: Handler>(delivery: Delivery, context: Arc<Context<H>>) {
         return park(&delivery, &context, &message_type, "untrusted", &reason).await;
     }
     let envelope = amqp::decode(&delivery.properties, &delivery.data)
-        .map_err(|e| format!("cannot decode: {e}"))
+        .map_err(|e| ("undecodable", format!("cannot decode: {e}")))
         .and_then(|envelope| {
             context
                 .schemas
                 .validate(&envelope.message_type, &envelope.payload)
                 .map(|()| envelope)
-                .map_err(|e| e.to_string())
+                .map_err(|e| ("invalid", e.to_string()))
         });
     let envelope = match envelope {
         Ok(envelope) => envelope,
-        Err(reason) => {
-            let kind = if reason.starts_with("cannot decode") {
-                "undecodable"
-            } else {
-                "invalid"
-            };
+        Err((kind, reason)) => {
             let message_type = delivery
                 .properties
                 .kind()
@@ -339,13 +334,15 @@ async fn process<H: Handler>(delivery: Delivery, context: Arc<Context<H>>) {
                     }
                 }
             }
-            Disposition::Park { reason } => {
-                let kind = if attempt > 1 && reason.starts_with("gave up") {
-                    "exhausted"
-                } else {
-                    "rejected"
-                };
-                park(&delivery, &context, &envelope.message_type, kind, &reason).await;
+            Disposition::Park { kind, reason } => {
+                park(
+                    &delivery,
+                    &context,
+                    &envelope.message_type,
+                    kind.as_str(),
+                    &reason,
+                )
+                .await;
             }
         }
     }

@@ -36,6 +36,6 @@ pub use consumer::{ConsumerSpec, Handler, HandlerError};
 pub use error::{BusError, PublishError};
 pub use publisher::Outgoing;
 pub use publisher::Publisher;
-pub use retry::{Disposition, RetryPolicy};
+pub use retry::{Disposition, Parked, RetryPolicy};
 pub use rpc::{QueryError, QueryHandler, RemoteCode, RpcClient, RpcError};
 pub use topology::{ConsumerQueue, Topology, query_queue};

@@ -36,7 +36,25 @@ pub enum Disposition {
     /// Publish the next attempt to retry tier `tier` (0-based), then ack this delivery.
     Retry { tier: usize },
     /// Publish it to the parking queue with the reason, then ack this delivery.
-    Park { reason: String },
+    Park { kind: Parked, reason: String },
+}
+
+/// Why a handled message is parked, as the `x-park-kind` header and metrics name it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Parked {
+    /// The handler said it can never work.
+    Rejected,
+    /// It kept failing in ways that might pass, until its attempts ran out.
+    Exhausted,
+}
+
+impl Parked {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Rejected => "rejected",
+            Self::Exhausted => "exhausted",
+        }
+    }
 }
 
 /// Decides the fate of attempt `attempt` (1-based) after its handler returned `outcome`.
@@ -48,6 +66,7 @@ pub fn dispose(
     match outcome {
         Ok(()) => Disposition::Ack,
         Err(HandlerError::Permanent(reason)) => Disposition::Park {
+            kind: Parked::Rejected,
             reason: format!("rejected by handler: {reason}"),
         },
         Err(HandlerError::Transient(reason)) if attempt < policy.max_attempts() => {
@@ -57,6 +76,7 @@ pub fn dispose(
             }
         }
         Err(HandlerError::Transient(reason)) => Disposition::Park {
+            kind: Parked::Exhausted,
             reason: format!("gave up after {attempt} attempts: {reason}"),
         },
     }
@@ -97,6 +117,7 @@ mod tests {
         assert_eq!(
             dispose(&transient(), 4, &policy),
             Disposition::Park {
+                kind: Parked::Exhausted,
                 reason: "gave up after 4 attempts: database busy".into()
             }
         );
@@ -107,7 +128,7 @@ mod tests {
         let outcome = Err(HandlerError::Permanent("unknown sku".into()));
         assert!(matches!(
             dispose(&outcome, 1, &RetryPolicy::standard()),
-            Disposition::Park { reason } if reason.contains("unknown sku")
+            Disposition::Park { kind: Parked::Rejected, reason } if reason.contains("unknown sku")
         ));
     }
 
