@@ -5,12 +5,14 @@
 //! - [`routing`]: exchange and queue names shared by producers, consumers and the topology.
 //! - [`schema`]: the JSON Schemas of `schemas/`, compiled once, checked on produce and consume.
 //! - [`trace`]: W3C trace context, one trace per saga.
+//! - [`whole`]: whole numbers as JSON Schema has them (`165` and `165.0` alike).
 
 pub mod envelope;
 pub mod messages;
 pub mod routing;
 pub mod schema;
 pub mod trace;
+pub mod whole;
 
 pub use envelope::{ContractError, Envelope};
 pub use messages::Message;

@@ -61,6 +61,7 @@ macro_rules! message {
 #[serde(deny_unknown_fields)]
 pub struct LineItem {
     pub sku: String,
+    #[serde(deserialize_with = "crate::whole::deserialize")]
     pub quantity: u32,
 }
 

@@ -206,6 +206,17 @@ mod tests {
         assert!(message.contains("items[1].quantity"), "{message}");
     }
 
+    /// The OpenAPI document says `integer`, which JSON Schema satisfies with `2.0` as well.
+    #[test]
+    fn a_quantity_written_as_a_whole_float_is_taken_and_a_fraction_is_not() {
+        let body = r#"{"customer_id": "c-1", "items": [{"sku": "SKU-1", "quantity": 2.0}]}"#;
+        let parsed: CheckoutRequest = serde_json::from_str(body).unwrap();
+        assert_eq!(parsed.items[0].quantity, 2);
+        assert!(validate(&parsed).is_ok());
+        let half = body.replace("2.0", "2.5");
+        assert!(serde_json::from_str::<CheckoutRequest>(&half).is_err());
+    }
+
     #[test]
     fn line_counts_are_bounded() {
         assert!(validate(&request("c-1", &[])).is_err());

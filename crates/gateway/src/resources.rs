@@ -31,7 +31,9 @@ pub async fn get_order(
 #[serde(deny_unknown_fields)]
 pub struct ProductBody {
     pub name: String,
+    #[serde(deserialize_with = "contracts::whole::deserialize")]
     pub price_cents: i64,
+    #[serde(deserialize_with = "contracts::whole::deserialize")]
     pub available: i64,
 }
 
@@ -95,6 +97,7 @@ pub async fn get_product(
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct AccountBody {
+    #[serde(deserialize_with = "contracts::whole::deserialize")]
     pub balance_cents: i64,
 }
 
