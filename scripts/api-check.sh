@@ -71,7 +71,7 @@ log "schemathesis against http://$WARREN_HTTP_ADDR/openapi.json for ${SECONDS_BU
 status=0
 "$SCHEMATHESIS" run "http://$WARREN_HTTP_ADDR/openapi.json" \
   --header "Authorization: Bearer $TOKEN" \
-  --checks not_a_server_error,response_schema_conformance,content_type_conformance \
+  --checks "${API_CHECKS:-not_a_server_error,response_schema_conformance,content_type_conformance}" \
   --exclude-path-regex '/(events|stream)$' \
   --max-time "$SECONDS_BUDGET" \
   --request-timeout 10 \
