@@ -18,7 +18,8 @@ use serde::Serialize;
 use uuid::Uuid;
 
 use crate::definition::{Definition, Step};
-use crate::machine::{self, Input, Outcome};
+use crate::fold::Fold;
+use crate::machine::Input;
 
 /// One entry of a saga's log, as recorded.
 #[derive(Debug, Clone)]
@@ -109,7 +110,7 @@ impl fmt::Display for Fork {
 /// Folds a recorded history through `definition`; returns the first entry (by index) where
 /// the paths part, or `None` when the change replays it unchanged.
 pub fn fork(definition: &Definition, id: Uuid, history: &[Recorded<'_>]) -> Option<(usize, Fork)> {
-    let (first, rest) = history.split_first()?;
+    let first = history.first()?;
     let Input::Start { input } = first.input else {
         return Some((
             0,
@@ -118,29 +119,29 @@ pub fn fork(definition: &Definition, id: Uuid, history: &[Recorded<'_>]) -> Opti
             },
         ));
     };
-    let started = match machine::start(definition, id, input.clone(), first.at) {
-        Ok(started) => started,
-        Err(error) => {
-            let reason = error.to_string();
-            return Some((0, Fork::CannotStart { reason }));
-        }
-    };
-    let mut saga = started.saga;
-    let sent = started.commands.iter().map(|c| c.message_type.clone());
-    if let Some(fork) = compare(first, true, sent.collect(), saga.status.as_str()) {
-        return Some((0, fork));
-    }
-    for (i, recorded) in rest.iter().enumerate() {
-        let (applied, sent) = match machine::apply(definition, &saga, recorded.input, recorded.at) {
-            Outcome::Applied(transition) => {
-                saga = transition.saga;
-                let sent = transition.commands.into_iter().map(|c| c.message_type);
-                (true, sent.collect())
+    let mut fold = Fold::new(definition, id);
+    for (i, recorded) in history.iter().enumerate() {
+        let folded = if i == 0 {
+            match fold.start(input, first.at) {
+                Ok(started) => started,
+                Err(error) => {
+                    let reason = error.to_string();
+                    return Some((0, Fork::CannotStart { reason }));
+                }
             }
-            Outcome::Ignored(_) => (false, Vec::new()),
+        } else {
+            fold.feed(recorded.input, recorded.at)
         };
-        if let Some(fork) = compare(recorded, applied, sent, saga.status.as_str()) {
-            return Some((i + 1, fork));
+        let status = fold
+            .saga()
+            .map_or("not started", |saga| saga.status.as_str());
+        let sent = folded
+            .commands
+            .into_iter()
+            .map(|c| c.message_type)
+            .collect();
+        if let Some(fork) = compare(recorded, folded.applied, sent, status) {
+            return Some((i, fork));
         }
     }
     None

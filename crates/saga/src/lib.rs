@@ -2,6 +2,8 @@
 //!
 //! - [`definition`]: saga definitions as data (`sagas/*.toml`), loaded and checked statically.
 //! - [`machine`]: the state machine: (state, input) -> (new state, commands to send).
+//! - [`fold`]: a log folded through a definition one input at a time: replay, the replay
+//!   gate and `warren saga replay` all read history through it.
 //! - [`history`]: recorded histories folded through a changed definition: where each would
 //!   have taken another path (the replay gate before a deploy).
 //! - [`failure`]: why a failed saga failed, in kinds a report can count.
@@ -13,6 +15,7 @@
 pub mod definition;
 pub mod duration;
 pub mod failure;
+pub mod fold;
 pub mod history;
 pub mod machine;
 

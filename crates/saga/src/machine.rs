@@ -20,6 +20,7 @@ use uuid::Uuid;
 use crate::definition::{Definition, FAILURE_REASON, ReplyKind, fields};
 pub use crate::failure::Failure;
 use crate::failure::{HALTED, NO_CONTEXT_FIELD};
+pub use crate::fold::{ReplayError, replay};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
@@ -207,15 +208,6 @@ pub enum StartError {
     MissingInput { saga: String, missing: Vec<String> },
 }
 
-/// Why a log cannot be replayed.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-pub enum ReplayError {
-    #[error("the log does not begin with a start")]
-    NoStart,
-    #[error(transparent)]
-    Start(#[from] StartError),
-}
-
 /// Starts a saga: checks the input and sends the first step's command.
 pub fn start(
     definition: &Definition,
@@ -320,31 +312,6 @@ pub fn halt(saga: &Saga, reason: &str, now: DateTime<Utc>) -> Outcome {
         commands: vec![],
         note: format!("halted, an operator must act: {reason}"),
     })
-}
-
-/// Folds a saga's log (every input with the time it was applied) through a definition.
-/// Returns the resulting saga and, per input, whether it was applied.
-pub fn replay<'a>(
-    definition: &Definition,
-    id: Uuid,
-    log: impl IntoIterator<Item = (&'a Input, DateTime<Utc>)>,
-) -> Result<(Saga, Vec<bool>), ReplayError> {
-    let mut log = log.into_iter();
-    let Some((Input::Start { input }, at)) = log.next() else {
-        return Err(ReplayError::NoStart);
-    };
-    let mut saga = start(definition, id, input.clone(), at)?.saga;
-    let mut applied = vec![true];
-    for (input, at) in log {
-        match apply(definition, &saga, input, at) {
-            Outcome::Applied(transition) => {
-                saga = transition.saga;
-                applied.push(true);
-            }
-            Outcome::Ignored(_) => applied.push(false),
-        }
-    }
-    Ok((saga, applied))
 }
 
 /// One transition in the making.

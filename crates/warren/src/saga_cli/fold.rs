@@ -8,7 +8,8 @@ use std::fmt::Display;
 use orchestrator::repo::LogEntry;
 use orchestrator::view;
 use saga::Definition;
-use saga::machine::{self, Input, Outcome, Saga};
+use saga::fold::{Fold, Folded};
+use saga::machine::Saga;
 use serde::Serialize;
 use uuid::Uuid;
 
@@ -80,36 +81,17 @@ impl Replayed {
     }
 }
 
-/// Folds a saga's log through a definition, entry by entry, and compares each outcome
-/// (applied or ignored, and the state after) with what the log recorded, then the final
-/// state with the stored one. The fold is `machine::replay`'s (start, then `apply` per input
-/// at its recorded time), kept step by step to say where things part.
+/// Folds a saga's log through a definition, entry by entry ([`saga::fold::Fold`], as
+/// `machine::replay` does), and compares each outcome (applied or ignored, and the state after)
+/// with what the log recorded, then the final state with the stored one.
 pub(super) fn replay_log(definition: &Definition, stored: &Saga, log: &[LogEntry]) -> Replayed {
-    let mut saga: Option<Saga> = None;
+    let mut fold = Fold::new(definition, stored.id);
     let mut transitions = Vec::with_capacity(log.len());
     let mut divergence = None;
     for entry in log {
         let input = &entry.input.0;
-        let (applied, note) = match (&saga, input) {
-            (None, Input::Start { input: context }) => {
-                match machine::start(definition, stored.id, context.clone(), entry.at) {
-                    Ok(transition) => {
-                        saga = Some(transition.saga);
-                        (true, transition.note)
-                    }
-                    Err(why) => (false, why.to_string()),
-                }
-            }
-            (None, _) => (false, "the saga has not started".to_owned()),
-            (Some(current), input) => match machine::apply(definition, current, input, entry.at) {
-                Outcome::Applied(transition) => {
-                    saga = Some(transition.saga);
-                    (true, transition.note)
-                }
-                Outcome::Ignored(why) => (false, why),
-            },
-        };
-        let replayed_state = saga.as_ref().map(|s| s.status.as_str().to_owned());
+        let Folded { applied, note, .. } = fold.feed(input, entry.at);
+        let replayed_state = fold.saga().map(|s| s.status.as_str().to_owned());
         let matches =
             applied == entry.applied && replayed_state.as_deref() == Some(entry.status.as_str());
         if !matches && divergence.is_none() {
@@ -145,7 +127,7 @@ pub(super) fn replay_log(definition: &Definition, stored: &Saga, log: &[LogEntry
             matches,
         });
     }
-    let differences = match &saga {
+    let differences = match fold.saga() {
         Some(replayed) => {
             // The version a replay runs under is chosen, not reproduced.
             let replayed = Saga {
@@ -177,7 +159,7 @@ pub(super) fn replay_log(definition: &Definition, stored: &Saga, log: &[LogEntry
         saga_id: stored.id,
         saga: stored.definition.clone(),
         stored_state: stored.status.as_str().to_owned(),
-        replayed_state: saga.map(|s| s.status.as_str().to_owned()),
+        replayed_state: fold.saga().map(|s| s.status.as_str().to_owned()),
         transitions,
         divergence,
         differences,
