@@ -88,8 +88,19 @@ pub struct ImageVariant {
     pub bytes: u64,
 }
 
-/// Declares payload structs (all fields required, unknown fields refused) and binds each to
-/// its routing key.
+/// A message type as [`messages!`] declares it: its routing key, its payload's field names and
+/// the text of its schema file (`schemas/<type>.json`, embedded at build time).
+#[derive(Debug, Clone, Copy)]
+pub struct Declared {
+    pub message_type: &'static str,
+    pub fields: &'static [&'static str],
+    pub schema: &'static str,
+}
+
+/// Declares payload structs (all fields required, unknown fields refused), binds each to its
+/// routing key, and lists them all in [`DECLARED`] with their schema files: one entry here is
+/// the type's one declaration; the schema registry is derived from it, and a test holds each
+/// schema's properties to the struct's fields.
 macro_rules! messages {
     ($($(#[$doc:meta])* $key:literal => $name:ident { $($field:ident : $ty:ty),* $(,)? })*) => {
         $(
@@ -101,6 +112,14 @@ macro_rules! messages {
             }
             message!($name, $key);
         )*
+
+        /// Every message type of this module but [`SagaUpdated`] (whose payload flattens a
+        /// [`SagaView`]), in declaration order.
+        pub const DECLARED: &[Declared] = &[$(Declared {
+            message_type: $key,
+            fields: &[$(stringify!($field)),*],
+            schema: include_str!(concat!("../../../schemas/", $key, ".json")),
+        }),*];
     };
 }
 
@@ -205,3 +224,7 @@ pub struct SagaUpdated {
     pub transition: String,
 }
 message!(SagaUpdated, "saga.evt.updated");
+
+/// The schema of [`SagaUpdated`], kept apart from [`DECLARED`] because its payload is a
+/// flattened view.
+pub const SAGA_UPDATED_SCHEMA: &str = include_str!("../../../schemas/saga.evt.updated.json");

@@ -8,56 +8,23 @@ use std::sync::{Arc, OnceLock};
 
 use serde_json::Value;
 
-/// Every schema file, by message type. A test checks this list against the directory.
-macro_rules! embedded {
-    ($($name:literal),* $(,)?) => {
-        &[$(($name, include_str!(concat!("../../../schemas/", $name, ".json")))),*]
-    };
-}
+use crate::messages::{DECLARED, Message, SAGA_UPDATED_SCHEMA, SagaUpdated};
 
-const EMBEDDED: &[(&str, &str)] = embedded![
-    "image.cmd.delete_variants",
-    "image.cmd.process",
-    "image.cmd.record",
-    "image.evt.completed",
-    "image.evt.failed",
-    "image.evt.processed",
-    "image.evt.processing_started",
-    "image.evt.variant_done",
-    "image.evt.variants_deleted",
-    "inventory.cmd.release",
-    "inventory.cmd.reserve",
-    "inventory.cmd.upsert_product",
-    "inventory.evt.product_upserted",
-    "inventory.evt.released",
-    "inventory.evt.reservation_failed",
-    "inventory.evt.reserved",
-    "notification.evt.created",
-    "order.cmd.cancel",
-    "order.cmd.confirm",
-    "order.cmd.create",
-    "order.evt.cancelled",
-    "order.evt.confirmed",
-    "order.evt.created",
-    "order.evt.rejected",
-    "payment.cmd.charge",
-    "payment.cmd.refund",
-    "payment.cmd.set_balance",
-    "payment.evt.balance_set",
-    "payment.evt.charged",
-    "payment.evt.declined",
-    "payment.evt.refunded",
-    "saga.cmd.start",
-    "saga.evt.updated",
-];
+/// Every schema file, by message type, from the declared message types (a test checks them
+/// against the directory, and each schema's properties against its struct's fields).
+fn embedded() -> impl Iterator<Item = (&'static str, &'static str)> {
+    DECLARED
+        .iter()
+        .map(|d| (d.message_type, d.schema))
+        .chain([(SagaUpdated::TYPE, SAGA_UPDATED_SCHEMA)])
+}
 
 /// The schema documents, for static checks of saga definitions.
 fn documents() -> &'static BTreeMap<&'static str, Value> {
     static DOCUMENTS: OnceLock<BTreeMap<&'static str, Value>> = OnceLock::new();
     DOCUMENTS.get_or_init(|| {
-        EMBEDDED
-            .iter()
-            .filter_map(|(name, text)| Some((*name, serde_json::from_str(text).ok()?)))
+        embedded()
+            .filter_map(|(name, text)| Some((name, serde_json::from_str(text).ok()?)))
             .collect()
     })
 }
@@ -91,14 +58,13 @@ impl Schemas {
         static SCHEMAS: OnceLock<Schemas> = OnceLock::new();
         SCHEMAS
             .get_or_init(|| {
-                let validators = EMBEDDED
-                    .iter()
+                let validators = embedded()
                     .map(|(name, text)| {
                         let schema: Value = serde_json::from_str(text)
                             .unwrap_or_else(|e| panic!("schemas/{name}.json is not JSON: {e}"));
                         let validator = jsonschema::validator_for(&schema)
                             .unwrap_or_else(|e| panic!("schemas/{name}.json is not a schema: {e}"));
-                        ((*name).to_owned(), Arc::new(validator))
+                        (name.to_owned(), Arc::new(validator))
                     })
                     .collect();
                 Schemas {
@@ -379,6 +345,42 @@ mod tests {
         let covered: Vec<&str> = produced.iter().map(|e| e.message_type.as_str()).collect();
         let missing: Vec<&str> = schemas.types().filter(|t| !covered.contains(t)).collect();
         assert!(missing.is_empty(), "no produced sample for {missing:?}");
+    }
+
+    /// The struct declared in `messages!` is the message type's one declaration: its schema
+    /// file names exactly its fields, requires none other and refuses any other.
+    #[test]
+    fn every_schema_names_exactly_its_structs_fields() {
+        let keys = |value: &Value| -> Vec<String> {
+            let mut keys: Vec<String> = value.as_object().unwrap().keys().cloned().collect();
+            keys.sort();
+            keys
+        };
+        let mut checked = vec![];
+        for declared in crate::messages::DECLARED {
+            let name = declared.message_type;
+            let schema: Value = serde_json::from_str(declared.schema).unwrap();
+            let mut fields: Vec<String> = declared.fields.iter().map(|f| (*f).to_owned()).collect();
+            fields.sort();
+            assert_eq!(keys(&schema["properties"]), fields, "schemas/{name}.json");
+            assert_eq!(schema["additionalProperties"], false, "schemas/{name}.json");
+            for required in schema["required"].as_array().unwrap() {
+                assert!(
+                    fields.contains(&required.as_str().unwrap().to_owned()),
+                    "{name}: {required}"
+                );
+            }
+            checked.push(name);
+        }
+        // saga.evt.updated flattens a view: its schema names the keys a serialized one has.
+        let updated = produced()
+            .into_iter()
+            .find(|m| m.message_type == SagaUpdated::TYPE)
+            .unwrap();
+        let schema: Value = serde_json::from_str(SAGA_UPDATED_SCHEMA).unwrap();
+        assert_eq!(keys(&schema["properties"]), keys(&updated.payload));
+        checked.push(SagaUpdated::TYPE);
+        assert_eq!(checked.len(), Schemas::embedded().types().count());
     }
 
     #[test]
