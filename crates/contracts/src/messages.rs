@@ -194,13 +194,22 @@ pub struct StepView {
     pub finished_at: Option<chrono::DateTime<chrono::Utc>>,
 }
 
+/// The states a saga can be in, as views, the HTTP API and the CLI name them.
+pub const SAGA_STATES: [&str; 5] = [
+    "running",
+    "compensating",
+    "completed",
+    "compensated",
+    "failed",
+];
+
 /// A saga as people see it (the HTTP API's saga resource).
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct SagaView {
     pub saga_id: Uuid,
     pub saga: String,
-    /// running, compensating, completed, compensated or failed.
+    /// One of [`SAGA_STATES`].
     pub state: String,
     pub current_step: Option<String>,
     pub order_id: Option<Uuid>,

@@ -17,13 +17,7 @@ use crate::auth::{Principal, Scope};
 use crate::extract::ApiQuery;
 use crate::{ApiError, AppState};
 
-const STATES: [&str; 5] = [
-    "running",
-    "compensating",
-    "completed",
-    "compensated",
-    "failed",
-];
+use contracts::messages::SAGA_STATES as STATES;
 
 fn saga_id(text: &str) -> Result<Uuid, ApiError> {
     Uuid::parse_str(text).map_err(|_| ApiError::NotFound(format!("no saga {text}")))

@@ -45,6 +45,15 @@ impl SagaStatus {
         }
     }
 
+    /// Every status, in the order of `contracts::messages::SAGA_STATES`.
+    pub const ALL: [Self; 5] = [
+        Self::Running,
+        Self::Compensating,
+        Self::Completed,
+        Self::Compensated,
+        Self::Failed,
+    ];
+
     /// No more progress without an operator.
     pub fn is_terminal(self) -> bool {
         matches!(self, Self::Completed | Self::Compensated | Self::Failed)

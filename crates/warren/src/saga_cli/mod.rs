@@ -60,13 +60,7 @@ use self::time::since;
 use crate::exit;
 use crate::settings::Settings;
 
-const STATES: [&str; 5] = [
-    "running",
-    "compensating",
-    "completed",
-    "compensated",
-    "failed",
-];
+use contracts::messages::SAGA_STATES as STATES;
 
 #[derive(Debug, Subcommand)]
 pub enum SagaCommand {
