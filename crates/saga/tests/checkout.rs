@@ -100,6 +100,13 @@ impl Given {
         )
     }
 
+    fn confirmed(self) -> Self {
+        self.reply(
+            "order.evt.confirmed",
+            json!({"order_id": Uuid::nil(), "customer_id": "c-1", "total_cents": 2500}),
+        )
+    }
+
     fn then_sent(self, expected: &[&str]) -> Self {
         assert_eq!(self.sent, expected, "after: {}", self.note);
         self
@@ -142,10 +149,7 @@ fn a_happy_checkout_runs_every_step_in_order() {
     // The charge amount comes from the reservation, never from the client.
     let given = given.charged().then_sent(&["order.cmd.confirm"]);
     let given = given
-        .reply(
-            "order.evt.confirmed",
-            json!({"order_id": Uuid::nil(), "customer_id": "c-1", "total_cents": 2500}),
-        )
+        .confirmed()
         .then_sent(&[])
         .then_status(SagaStatus::Completed);
     assert_eq!(given.saga.deadline, None);
@@ -324,10 +328,7 @@ fn confirming_past_the_pivot_is_retried_and_never_compensated() {
         .then_sent(&["order.cmd.confirm"])
         .then_status(SagaStatus::Running)
         .then_failure(None)
-        .reply(
-            "order.evt.confirmed",
-            json!({"order_id": Uuid::nil(), "customer_id": "c-1", "total_cents": 2500}),
-        )
+        .confirmed()
         .then_status(SagaStatus::Completed);
 }
 
@@ -341,10 +342,7 @@ fn a_confirmation_arriving_after_the_step_gave_up_past_the_pivot_completes_the_s
     assert!(given.saga.error.is_some());
     // The order service was slow, not broken: its confirmation comes in after all.
     let given = given
-        .reply(
-            "order.evt.confirmed",
-            json!({"order_id": Uuid::nil(), "customer_id": "c-1", "total_cents": 2500}),
-        )
+        .confirmed()
         .then_sent(&[])
         .then_status(SagaStatus::Completed);
     assert_eq!(given.step("confirm_order"), StepStatus::Succeeded);
@@ -352,10 +350,7 @@ fn a_confirmation_arriving_after_the_step_gave_up_past_the_pivot_completes_the_s
     assert!(!given.saga.context.contains_key("failure_reason"));
     // A second copy of it is a duplicate.
     given
-        .reply(
-            "order.evt.confirmed",
-            json!({"order_id": Uuid::nil(), "customer_id": "c-1", "total_cents": 2500}),
-        )
+        .confirmed()
         .then_ignored()
         .then_status(SagaStatus::Completed);
 }
@@ -378,10 +373,7 @@ fn a_success_after_a_failure_reply_past_the_pivot_does_not_revive_the_saga() {
         )
         .then_status(SagaStatus::Failed)
         .then_failure(Some(Failure::StuckPastPivot))
-        .reply(
-            "order.evt.confirmed",
-            json!({"order_id": Uuid::nil(), "customer_id": "c-1", "total_cents": 2500}),
-        )
+        .confirmed()
         .then_ignored()
         .then_status(SagaStatus::Failed);
 }
@@ -406,10 +398,7 @@ fn a_halt_stops_a_running_saga_for_an_operator_and_leaves_a_finished_one_alone()
     let finished = given
         .reserved()
         .charged()
-        .reply(
-            "order.evt.confirmed",
-            json!({"order_id": Uuid::nil(), "customer_id": "c-1", "total_cents": 2500}),
-        )
+        .confirmed()
         .then_status(SagaStatus::Completed);
     finished
         .when(Input::Halt { reason: "x".into() })
@@ -585,4 +574,10 @@ fn a_reply_without_a_field_the_next_command_needs_fails_the_saga_naming_it() {
         .then_failure(Some(Failure::MissingField));
     let error = given.saga.error.as_deref().unwrap();
     assert!(error.contains("total_cents"), "{error}");
+}
+
+#[test]
+fn the_machine_names_its_statuses_as_the_contract_does() {
+    let names = SagaStatus::ALL.map(SagaStatus::as_str);
+    assert_eq!(names, contracts::messages::SAGA_STATES);
 }
