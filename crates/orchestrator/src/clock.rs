@@ -5,8 +5,8 @@
 //! would see deadlines that the database already counts as passed (the sweeper claims the saga,
 //! the machine says "no deadline has passed", and the next pass claims it again), and one
 //! running ahead would time steps out early. So every orchestrator tells time as the database
-//! does: it measures the offset between its clock and PostgreSQL's at start and at each sweep,
-//! and adds it to the local clock. The sweeper itself compares deadlines with the database's
+//! does: it measures the offset between its clock and PostgreSQL's at start and every 10 s while
+//! it sweeps, and adds it to the local clock. The sweeper itself compares deadlines with the database's
 //! `now()` and hands that same instant to the state machine.
 
 use std::sync::atomic::{AtomicI64, Ordering};

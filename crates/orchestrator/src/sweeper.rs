@@ -2,12 +2,12 @@
 //! Deadlines are data in `sagas.sagas`, so a restarted or second orchestrator picks up where
 //! another left off.
 //!
-//! Each pass first measures the database's clock (see [`crate::Clock`]), then drains what is
-//! due in batches, then waits for the next pass or shutdown, whichever comes first. A batch
+//! Each pass first measures the database's clock if it has not for [`CLOCK_SYNC`] (see
+//! [`crate::Clock`]; clocks drift slowly), then drains what is due in batches, then waits for the next pass or shutdown, whichever comes first. A batch
 //! always moves every saga it claims (on to a retry, a compensation or a halt), so draining
 //! ends; shutdown is also checked between batches.
 
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
@@ -15,12 +15,20 @@ use tracing::{info, warn};
 use crate::Engine;
 
 const BATCH: i64 = 100;
+/// How often the database's clock is measured again.
+const CLOCK_SYNC: Duration = Duration::from_secs(10);
 
 pub async fn run(engine: Engine, interval: Duration, shutdown: CancellationToken) {
     info!(?interval, "timeout sweeper running");
+    let mut synced: Option<Instant> = None;
     while !shutdown.is_cancelled() {
-        if let Err(error) = engine.clock().sync(engine.pool()).await {
-            warn!(%error, "cannot read the database's clock; keeping the last offset");
+        if synced.is_none_or(|at| at.elapsed() >= CLOCK_SYNC) {
+            match engine.clock().sync(engine.pool()).await {
+                Ok(_) => synced = Some(Instant::now()),
+                Err(error) => {
+                    warn!(%error, "cannot read the database's clock; keeping the last offset");
+                }
+            }
         }
         let mut handled = 0;
         while !shutdown.is_cancelled() {

@@ -338,7 +338,7 @@ impl Components {
             info!(%version, "sagas still run on this older definition");
         }
         // Deadlines are written and compared on the database's clock (the sweeper measures it
-        // again at each pass).
+        // again every 10 s).
         let offset = engine.clock().sync(&self.pool).await?;
         info!(
             offset_ms = offset.num_milliseconds(),
