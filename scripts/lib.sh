@@ -129,10 +129,13 @@ ensure_rabbitmq() {
 # from the file (WARREN_AMQP_PASSWORD_FILE, WARREN_DATABASE_PASSWORD_FILE), so no password is
 # ever in an environment or on a command line. The same files are docker-compose.yml's secrets.
 SECRETS="$STATE/secrets"
-BROKER_USERS=(warren-gateway warren-orchestrator warren-order warren-inventory warren-payment
-              warren-image warren-notification warren-operator)
-DB_ROLES=(warren_gateway warren_sagas warren_orders warren_inventory warren_payments
-          warren_images warren_notifications warren_operator)
+
+# The components (and the operator), as they declare themselves: deploy/components.tsv, written
+# by `warren components` (a test holds it current). Columns: name, broker user, database role,
+# metrics port.
+component_table() { grep -v '^#' "$ROOT/deploy/components.tsv"; }
+mapfile -t BROKER_USERS < <(component_table | cut -f2)
+mapfile -t DB_ROLES < <(component_table | cut -f3)
 
 # Prints the path of the secret $2 of kind $1 (rabbitmq, postgres), generating it first if need be.
 secret() {
@@ -201,17 +204,10 @@ SQL
 
 # The database role of a component (or of the operator).
 db_role() {
-  case $1 in
-    gateway) echo warren_gateway ;;
-    orchestrator) echo warren_sagas ;;
-    order) echo warren_orders ;;
-    inventory) echo warren_inventory ;;
-    payment) echo warren_payments ;;
-    image) echo warren_images ;;
-    notification) echo warren_notifications ;;
-    operator) echo warren_operator ;;
-    *) die "no database role for $1" ;;
-  esac
+  local role
+  role=$(component_table | awk -F'\t' -v name="$1" '$1 == name { print $3 }')
+  [ -n "$role" ] || die "no database role for $1 in deploy/components.tsv"
+  echo "$role"
 }
 
 # The settings that log component $1 (or the operator) into the broker as its user and into the
@@ -265,8 +261,10 @@ ensure_test_vhost() {
     "$MANAGEMENT_URL/api/permissions/warren_test/guest" >/dev/null
 }
 
-# The components dev-up.sh runs, each as its own process (so one can be killed and restarted).
-COMPONENTS=(orchestrator order inventory payment image notification gateway)
+# The components dev-up.sh runs, each as its own process (so one can be killed and restarted):
+# every one of deploy/components.tsv, the gateway last, so it takes requests once they can be
+# served.
+mapfile -t COMPONENTS < <(component_table | cut -f1 | grep -vx -e gateway -e operator; echo gateway)
 WARREN_BIN="${CARGO_TARGET_DIR:-$ROOT/target}/release/warren"
 
 pidfile() { echo "$STATE/$1.pid"; }
@@ -280,16 +278,11 @@ component_running() {
 # deploy/prometheus/prometheus.local.yml scrapes them: one port each, so they can share this
 # machine. The gateway serves them on its HTTP address instead.
 metrics_addr() {
-  case $1 in
-    orchestrator) echo 127.0.0.1:9181 ;;
-    order) echo 127.0.0.1:9182 ;;
-    inventory) echo 127.0.0.1:9183 ;;
-    payment) echo 127.0.0.1:9184 ;;
-    image) echo 127.0.0.1:9185 ;;
-    notification) echo 127.0.0.1:9186 ;;
-    gateway) echo "${WARREN_HTTP_ADDR:-127.0.0.1:8080}" ;;
-    *) die "no metrics address for component $1" ;;
-  esac
+  local port
+  [ "$1" != gateway ] || { echo "${WARREN_HTTP_ADDR:-127.0.0.1:8080}"; return; }
+  port=$(component_table | awk -F'\t' -v name="$1" '$1 == name { print $4 }')
+  [[ "$port" =~ ^[0-9]+$ ]] || die "no metrics port for component $1 in deploy/components.tsv"
+  echo "127.0.0.1:$port"
 }
 
 # Development mode only: the gateway's token secret, made once and kept in .warren/secrets

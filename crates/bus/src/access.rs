@@ -31,16 +31,12 @@
 //! the `user_id` of the consuming component itself (its retry copies) or of the operator
 //! ([`crate::consumer`]).
 
-use contracts::messages::{AccountSetBalance, ProductUpsert, SagaStart};
-use contracts::{Message, routing};
+use contracts::{Component, routing};
 use serde_json::{Value, json};
 
-use crate::Topology;
-
-/// The purpose, in [`crate::Bus::watch`] queue names, of the gateway's live event queue.
+/// The purpose, in [`crate::Bus::watch`] queue names, of a component's live event queue (the
+/// gateway's: a component that [`Component::watches`] keys).
 pub const LIVE_EVENTS: &str = "live-events";
-/// The binding keys of the gateway's live event queue on `warren`.
-pub const LIVE_EVENT_KEYS: [&str; 2] = ["saga.evt.#", "notification.evt.#"];
 /// The purpose of a chaos-allowing process's control queue.
 pub const CHAOS: &str = "chaos";
 /// The routing key of chaos control messages on `warren.control`.
@@ -49,66 +45,8 @@ pub const CHAOS_KEY: &str = crate::chaos::ROUTING_KEY;
 pub const DEFAULT_EXCHANGE: &str = "amq.default";
 /// The operator's user unless told otherwise (`WARREN_OPERATOR_USER`).
 pub const DEFAULT_OPERATOR: &str = "warren-operator";
-
-/// A user of the broker: each component, and the operator.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-pub enum Role {
-    Gateway,
-    Orchestrator,
-    Order,
-    Inventory,
-    Payment,
-    Image,
-    Notification,
-    Operator,
-}
-
-impl Role {
-    pub const ALL: [Role; 8] = [
-        Role::Gateway,
-        Role::Orchestrator,
-        Role::Order,
-        Role::Inventory,
-        Role::Payment,
-        Role::Image,
-        Role::Notification,
-        Role::Operator,
-    ];
-
-    /// The component's name, as `warren run` takes it.
-    pub fn name(self) -> &'static str {
-        match self {
-            Self::Gateway => "gateway",
-            Self::Orchestrator => "orchestrator",
-            Self::Order => "order",
-            Self::Inventory => "inventory",
-            Self::Payment => "payment",
-            Self::Image => "image",
-            Self::Notification => "notification",
-            Self::Operator => "operator",
-        }
-    }
-
-    /// The user's name: `warren-<name>`. (A process running one component also names its
-    /// connection so, and its exclusive queues after the connection.)
-    pub fn user(self) -> String {
-        format!("warren-{}", self.name())
-    }
-
-    /// The first word of the queues and messages the component owns (`saga` for the
-    /// orchestrator); none for the gateway, which owns none, and the operator.
-    pub fn owns(self) -> Option<&'static str> {
-        match self {
-            Self::Gateway | Self::Operator => None,
-            Self::Orchestrator => Some("saga"),
-            Self::Order => Some("order"),
-            Self::Inventory => Some("inventory"),
-            Self::Payment => Some("payment"),
-            Self::Image => Some("image"),
-            Self::Notification => Some("notification"),
-        }
-    }
-}
+/// The operator's name in [`Access::users`]; its user is `warren-operator`.
+pub const OPERATOR: &str = "operator";
 
 /// What one user may do in the vhost: RabbitMQ's regular expressions, anchored.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -132,61 +70,81 @@ pub struct TopicGrant {
     pub read: String,
 }
 
-/// Every user's grant, worked out from the topology and the commands the saga definitions send
-/// (which the orchestrator alone may publish).
+/// Every user's grant, worked out from the components' declarations, the topology and the
+/// commands the saga definitions send (which the orchestrator alone may publish).
 #[derive(Debug, Clone)]
 pub struct Access {
-    topology: Topology,
+    components: Vec<Component>,
     saga_commands: Vec<String>,
 }
 
 impl Access {
-    pub fn new(topology: Topology, saga_commands: impl IntoIterator<Item = String>) -> Self {
+    pub fn new(
+        components: impl IntoIterator<Item = Component>,
+        saga_commands: impl IntoIterator<Item = String>,
+    ) -> Self {
         let mut saga_commands: Vec<String> = saga_commands.into_iter().collect();
         saga_commands.sort();
         saga_commands.dedup();
         Self {
-            topology,
+            components: components.into_iter().collect(),
             saga_commands,
         }
     }
 
-    /// The queues a component consumes: its consumer queues and its queries queue.
-    pub fn queues(&self, role: Role) -> Vec<String> {
-        let Some(owner) = role.owns() else {
-            return Vec::new();
-        };
-        let mine = |name: &str| name.split('.').next() == Some(owner);
-        self.topology
-            .consumers
+    /// Every user: each component's, then the operator's.
+    pub fn users(&self) -> Vec<String> {
+        self.components
             .iter()
-            .map(|c| c.name.clone())
-            .chain(self.topology.queries.iter().cloned())
-            .filter(|name| mine(name))
+            .map(Component::user)
+            .chain([DEFAULT_OPERATOR.to_owned()])
             .collect()
     }
 
-    pub fn grant(&self, role: Role) -> Grant {
-        if role == Role::Operator {
-            return Grant {
-                configure: ".*".into(),
-                write: ".*".into(),
-                read: ".*".into(),
-                topics: Vec::new(),
-                tags: vec!["monitoring"],
-            };
+    /// The component called `name`.
+    pub fn component(&self, name: &str) -> Option<&Component> {
+        self.components.iter().find(|c| c.name == name)
+    }
+
+    /// The grant of the component called `name`, or of the operator ([`OPERATOR`]).
+    ///
+    /// # Panics
+    /// When no component has that name: a caller names components it declared.
+    pub fn grant_of(&self, name: &str) -> Grant {
+        if name == OPERATOR {
+            return Self::operator();
         }
+        let component = self
+            .component(name)
+            .unwrap_or_else(|| panic!("no component {name}"));
+        self.grant(component)
+    }
+
+    /// The operator owns the vhost: every permission in it, and the management UI.
+    pub fn operator() -> Grant {
+        Grant {
+            configure: ".*".into(),
+            write: ".*".into(),
+            read: ".*".into(),
+            topics: Vec::new(),
+            tags: vec!["monitoring"],
+        }
+    }
+
+    pub fn grant(&self, component: &Component) -> Grant {
+        let watches = !component.watches.is_empty();
         let mut purposes = vec![CHAOS];
-        if role == Role::Gateway {
+        if watches {
             purposes.insert(0, LIVE_EVENTS);
         }
         // `<connection>.<purpose>.<uuid>`, as `Bus::watch` names them.
         let private = format!(
             r"{}\.{}\.[0-9a-f]{{32}}",
-            escape(&role.user()),
+            escape(&component.user()),
             group(&purposes.iter().map(|p| escape(p)).collect::<Vec<_>>())
         );
-        let consumes = !self.queues(role).is_empty();
+        let queues = component.queues();
+        let consumes = !queues.is_empty();
 
         let mut write = vec![escape(routing::EXCHANGE), escape(DEFAULT_EXCHANGE)];
         if consumes {
@@ -195,34 +153,23 @@ impl Access {
         }
         write.push(private.clone());
 
-        let mut read: Vec<String> = self.queues(role).iter().map(|q| escape(q)).collect();
-        if role == Role::Gateway {
+        let mut read: Vec<String> = queues.iter().map(|q| escape(q)).collect();
+        if watches {
             read.push(escape(routing::EXCHANGE));
         }
         read.push(escape(routing::CONTROL_EXCHANGE));
         read.push(private.clone());
 
-        let (publishes, binds): (Vec<String>, Vec<String>) = match role {
-            Role::Gateway => (
-                [
-                    SagaStart::TYPE,
-                    ProductUpsert::TYPE,
-                    AccountSetBalance::TYPE,
-                ]
-                .iter()
-                .map(|t| escape(t))
-                .collect(),
-                LIVE_EVENT_KEYS.iter().map(|k| escape(k)).collect(),
-            ),
-            _ => {
-                let owner = role.owns().unwrap_or_default();
-                let mut keys = vec![format!(r"{}\.evt\.[a-z0-9_]+", escape(owner))];
-                if role == Role::Orchestrator {
-                    keys.extend(self.saga_commands.iter().map(|c| escape(c)));
-                }
-                (keys, Vec::new())
-            }
-        };
+        let mut publishes: Vec<String> = component
+            .owns
+            .map(|owner| format!(r"{}\.evt\.[a-z0-9_]+", escape(owner)))
+            .into_iter()
+            .chain(component.publishes.iter().map(|k| escape(k)))
+            .collect();
+        if component.sends_saga_commands {
+            publishes.extend(self.saga_commands.iter().map(|c| escape(c)));
+        }
+        let binds: Vec<String> = component.watches.iter().map(|k| escape(k)).collect();
         Grant {
             configure: anchored(&[private]),
             write: anchored(&write),
@@ -250,9 +197,12 @@ impl Access {
         let mut users = Vec::new();
         let mut permissions = Vec::new();
         let mut topic_permissions = Vec::new();
-        for role in Role::ALL {
-            let user = role.user();
-            let grant = self.grant(role);
+        let grants = self
+            .components
+            .iter()
+            .map(|c| (c.user(), self.grant(c)))
+            .chain([(DEFAULT_OPERATOR.to_owned(), Self::operator())]);
+        for (user, grant) in grants {
             users.push(json!({
                 "name": user, "password_hash": "",
                 "hashing_algorithm": "rabbit_password_hashing_sha256",
@@ -299,170 +249,5 @@ fn anchored(alternatives: &[String]) -> String {
         String::new()
     } else {
         format!("^({})$", alternatives.join("|"))
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn access() -> Access {
-        Access::new(
-            Topology::standard(),
-            [
-                "order.cmd.create".to_owned(),
-                "payment.cmd.charge".to_owned(),
-            ],
-        )
-    }
-
-    /// Whether RabbitMQ would match `name` against a permission (PCRE; these patterns mean the
-    /// same in the `regex` crate). An empty pattern matches nothing.
-    fn matches(pattern: &str, name: &str) -> bool {
-        !pattern.is_empty() && regex::Regex::new(pattern).unwrap().is_match(name)
-    }
-
-    fn topic(grant: &Grant, exchange: &str) -> TopicGrant {
-        grant
-            .topics
-            .iter()
-            .find(|t| t.exchange == exchange)
-            .unwrap()
-            .clone()
-    }
-
-    const CHAOS_QUEUE: &str = "warren-payment.chaos.0190a1b2c3d4e5f60718293a4b5c6d7e";
-
-    #[test]
-    fn a_worker_publishes_only_its_own_events() {
-        let payment = access().grant(Role::Payment);
-        let warren = topic(&payment, routing::EXCHANGE);
-        assert!(matches(&warren.write, "payment.evt.charged"));
-        assert!(matches(&warren.write, "payment.evt.refunded"));
-        assert!(!matches(&warren.write, "order.cmd.create"));
-        assert!(!matches(&warren.write, "payment.cmd.charge"));
-        assert!(!matches(&warren.write, "payment.evt.charged.x"));
-        assert!(!matches(&warren.read, "#"), "it binds nothing on warren");
-        assert!(!matches(
-            &topic(&payment, routing::CONTROL_EXCHANGE).write,
-            "chaos"
-        ));
-    }
-
-    #[test]
-    fn a_worker_reads_only_its_own_queues_and_declares_only_its_control_queue() {
-        let payment = access().grant(Role::Payment);
-        for queue in ["payment.commands", "payment.queries", CHAOS_QUEUE] {
-            assert!(matches(&payment.read, queue), "{queue}");
-        }
-        for queue in [
-            "order.commands",
-            "payment.commands.dead",
-            "payment.commands.retry.1",
-            "saga.replies",
-            "warren.audit",
-            "warren-order.chaos.0190a1b2c3d4e5f60718293a4b5c6d7e",
-        ] {
-            assert!(!matches(&payment.read, queue), "{queue}");
-        }
-        assert!(matches(&payment.configure, CHAOS_QUEUE));
-        for name in ["payment.commands", "warren", "payment.queries"] {
-            assert!(!matches(&payment.configure, name), "{name}");
-        }
-        for exchange in ["warren", "warren.retry", "warren.dlx", "amq.default"] {
-            assert!(matches(&payment.write, exchange), "{exchange}");
-        }
-        assert!(!matches(&payment.write, "warren.control"));
-        assert!(
-            !matches(&payment.read, "warren"),
-            "no binding from warren, so no snooping"
-        );
-    }
-
-    #[test]
-    fn the_orchestrator_sends_the_sagas_commands_and_saga_events() {
-        let orchestrator = access().grant(Role::Orchestrator);
-        let warren = topic(&orchestrator, routing::EXCHANGE);
-        for key in ["order.cmd.create", "payment.cmd.charge", "saga.evt.updated"] {
-            assert!(matches(&warren.write, key), "{key}");
-        }
-        for key in [
-            "payment.cmd.set_balance",
-            "order.evt.created",
-            "saga.cmd.start",
-        ] {
-            assert!(!matches(&warren.write, key), "{key}");
-        }
-        for queue in ["saga.commands", "saga.replies", "saga.queries"] {
-            assert!(matches(&orchestrator.read, queue), "{queue}");
-        }
-    }
-
-    #[test]
-    fn the_gateway_sends_starts_and_settings_and_watches_saga_and_notification_events() {
-        let gateway = access().grant(Role::Gateway);
-        let warren = topic(&gateway, routing::EXCHANGE);
-        for key in [
-            "saga.cmd.start",
-            "inventory.cmd.upsert_product",
-            "payment.cmd.set_balance",
-        ] {
-            assert!(matches(&warren.write, key), "{key}");
-        }
-        assert!(!matches(&warren.write, "payment.cmd.charge"));
-        assert!(matches(&warren.read, "saga.evt.#"));
-        assert!(matches(&warren.read, "notification.evt.#"));
-        assert!(!matches(&warren.read, "#"));
-        let live = "warren-gateway.live-events.0190a1b2c3d4e5f60718293a4b5c6d7e";
-        assert!(matches(&gateway.configure, live));
-        assert!(matches(&gateway.read, live));
-        assert!(matches(&gateway.write, live));
-        assert!(matches(&gateway.read, "warren"));
-        assert!(!matches(&gateway.write, "warren.retry"));
-        assert!(!matches(&gateway.read, "saga.queries"));
-    }
-
-    #[test]
-    fn every_consumer_queue_has_one_owner() {
-        let access = access();
-        let topology = Topology::standard();
-        for queue in topology
-            .consumers
-            .iter()
-            .map(|c| &c.name)
-            .chain(&topology.queries)
-        {
-            let owners: Vec<Role> = Role::ALL
-                .into_iter()
-                .filter(|r| access.queues(*r).contains(queue))
-                .collect();
-            assert_eq!(owners.len(), 1, "{queue}: {owners:?}");
-        }
-    }
-
-    #[test]
-    fn the_operator_owns_the_vhost_and_the_definitions_list_every_user() {
-        let access = access();
-        assert_eq!(access.grant(Role::Operator).configure, ".*");
-        let definitions = access.definitions("warren");
-        let users: Vec<&str> = definitions["users"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .map(|u| u["name"].as_str().unwrap())
-            .collect();
-        assert_eq!(users.len(), 8);
-        assert!(users.contains(&"warren-operator") && users.contains(&"warren-payment"));
-        assert!(
-            definitions["users"]
-                .as_array()
-                .unwrap()
-                .iter()
-                .all(|u| u["password_hash"] == "")
-        );
-        assert_eq!(
-            definitions["topic_permissions"].as_array().unwrap().len(),
-            14
-        );
     }
 }

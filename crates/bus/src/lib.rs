@@ -30,7 +30,7 @@ pub mod retry;
 pub mod rpc;
 pub mod topology;
 
-pub use access::{Access, Grant, Role};
+pub use access::{Access, Grant};
 pub use connection::{Bus, BusSettings};
 pub use consumer::{ConsumerSpec, Handler, HandlerError};
 pub use error::{BusError, PublishError};
@@ -38,4 +38,4 @@ pub use publisher::Outgoing;
 pub use publisher::Publisher;
 pub use retry::{Disposition, Parked, RetryPolicy};
 pub use rpc::{QueryError, QueryHandler, RemoteCode, RpcClient, RpcError};
-pub use topology::{ConsumerQueue, Topology, query_queue};
+pub use topology::{ConsumerQueue, Topology};

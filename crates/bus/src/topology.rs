@@ -16,7 +16,7 @@
 
 use std::time::Duration;
 
-use contracts::routing;
+use contracts::{Component, routing};
 use lapin::options::{
     ExchangeDeclareOptions, QueueBindOptions, QueueDeclareOptions, QueueDeleteOptions,
 };
@@ -37,21 +37,6 @@ pub const AUDIT_KEY: &str = "#";
 pub const QUERY_TTL: Duration = Duration::from_secs(10);
 /// How many queries may wait in one queue; beyond that, requests are refused at once.
 pub const QUERY_MAX_LENGTH: u32 = 10_000;
-/// The services that answer queries, each on [`query_queue`].
-pub const QUERY_SERVICES: [&str; 6] = [
-    "order",
-    "inventory",
-    "payment",
-    "saga",
-    "image",
-    "notification",
-];
-
-/// The queue a service answers queries on: `<service>.queries`.
-pub fn query_queue(service: &str) -> String {
-    format!("{service}.queries")
-}
-
 /// One consumer's queue and what it listens to.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ConsumerQueue {
@@ -133,51 +118,24 @@ struct BindingSpec {
 }
 
 impl Topology {
-    /// Warren's consumers and what each listens to.
-    pub fn standard() -> Self {
+    /// The layout the components declare ([`Component::consumes`], their queries queues) and
+    /// the capped audit queue. `saga.replies` is bound to nothing until
+    /// [`Topology::with_saga_replies`] binds it to the replies of the saga definitions.
+    pub fn of_components<'a>(components: impl IntoIterator<Item = &'a Component>) -> Self {
+        let mut consumers = Vec::new();
+        let mut queries = Vec::new();
+        for component in components {
+            consumers.extend(
+                component
+                    .consumes
+                    .iter()
+                    .map(|q| ConsumerQueue::new(q.name, q.bindings)),
+            );
+            queries.extend(component.query_queue());
+        }
         Self {
-            consumers: vec![
-                ConsumerQueue::new("order.commands", &["order.cmd.*"]),
-                // Inventory also sells reserved stock once an order is confirmed.
-                ConsumerQueue::new(
-                    "inventory.commands",
-                    &["inventory.cmd.*", "order.evt.confirmed"],
-                ),
-                ConsumerQueue::new("payment.commands", &["payment.cmd.*"]),
-                ConsumerQueue::new("image.commands", &["image.cmd.*"]),
-                ConsumerQueue::new(
-                    "notification.events",
-                    &[
-                        "order.evt.confirmed",
-                        "order.evt.cancelled",
-                        "image.evt.completed",
-                        "image.evt.failed",
-                    ],
-                ),
-                ConsumerQueue::new("saga.commands", &["saga.cmd.*"]),
-                // Exactly the replies saga definitions wait for (a test checks them against
-                // `sagas/`), so other events never reach the orchestrator.
-                ConsumerQueue::new(
-                    "saga.replies",
-                    &[
-                        "order.evt.created",
-                        "order.evt.rejected",
-                        "order.evt.confirmed",
-                        "order.evt.cancelled",
-                        "inventory.evt.reserved",
-                        "inventory.evt.reservation_failed",
-                        "inventory.evt.released",
-                        "payment.evt.charged",
-                        "payment.evt.declined",
-                        "payment.evt.refunded",
-                        "image.evt.processed",
-                        "image.evt.failed",
-                        "image.evt.variants_deleted",
-                        "image.evt.completed",
-                    ],
-                ),
-            ],
-            queries: QUERY_SERVICES.iter().map(|s| query_queue(s)).collect(),
+            consumers,
+            queries,
             audit: true,
         }
     }

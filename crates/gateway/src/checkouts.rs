@@ -159,7 +159,7 @@ async fn accept(
         input,
         request_hash: Some(fingerprint),
     };
-    let message = Envelope::new(crate::COMPONENT, &start)
+    let message = Envelope::new(crate::PRODUCER, &start)
         .with_correlation(saga_id)
         .with_traceparent(trace.current.to_string());
     state.publisher.publish(&message).await?;

@@ -48,6 +48,10 @@ pub struct LiveEvents {
     shutdown: CancellationToken,
 }
 
+/// The binding keys of the live event queue on `warren`, one per [`Kind`]: what the gateway's
+/// user may bind (`COMPONENT.watches`).
+pub const LIVE_EVENT_KEYS: [&str; 2] = ["saga.evt.#", "notification.evt.#"];
+
 /// The two kinds of live events a stream can watch.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Kind {
@@ -59,7 +63,7 @@ impl Kind {
     const ALL: [Kind; 2] = [Kind::Sagas, Kind::Notifications];
 
     fn key(self) -> &'static str {
-        bus::access::LIVE_EVENT_KEYS[self as usize]
+        LIVE_EVENT_KEYS[self as usize]
     }
 }
 

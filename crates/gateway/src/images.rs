@@ -124,7 +124,7 @@ pub async fn upload(
     };
     let span = info_span!("image_upload", saga_id = %saga_id, trace_id = Empty);
     let trace = trace.attach(&span);
-    let message = Envelope::new(crate::COMPONENT, &start)
+    let message = Envelope::new(crate::PRODUCER, &start)
         .with_correlation(saga_id)
         .with_traceparent(trace.current.to_string());
     state

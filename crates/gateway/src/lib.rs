@@ -54,7 +54,26 @@ pub use guard::Limits;
 pub use ui::UiSettings;
 
 /// The name the gateway publishes under.
-pub const COMPONENT: &str = "gateway";
+pub const PRODUCER: &str = "gateway";
+
+/// The gateway as the broker and the database see it: it owns no queue, publishes saga starts
+/// and settings, and watches saga and notification events live.
+pub const COMPONENT: contracts::Component = contracts::Component {
+    name: "gateway",
+    owns: None,
+    consumes: &[],
+    answers_queries: false,
+    publishes: &[
+        <contracts::messages::SagaStart as contracts::Message>::TYPE,
+        <contracts::messages::ProductUpsert as contracts::Message>::TYPE,
+        <contracts::messages::AccountSetBalance as contracts::Message>::TYPE,
+    ],
+    sends_saga_commands: false,
+    watches: &events::LIVE_EVENT_KEYS,
+    db_role: "warren_gateway",
+    schema: None,
+    metrics_port: None,
+};
 /// JSON bodies larger than this get 413.
 pub const BODY_LIMIT: usize = 64 * 1024;
 

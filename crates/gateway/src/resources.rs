@@ -75,7 +75,7 @@ pub async fn put_product(
     };
     state
         .publisher
-        .publish(&Envelope::new(crate::COMPONENT, &command))
+        .publish(&Envelope::new(crate::PRODUCER, &command))
         .await?;
     Ok((
         StatusCode::ACCEPTED,
@@ -120,7 +120,7 @@ pub async fn put_account(
     };
     state
         .publisher
-        .publish(&Envelope::new(crate::COMPONENT, &command))
+        .publish(&Envelope::new(crate::PRODUCER, &command))
         .await?;
     Ok((
         StatusCode::ACCEPTED,

@@ -12,7 +12,7 @@ use axum::extract::State;
 use axum::http::header;
 use axum::response::IntoResponse;
 use axum::response::sse::{Event, KeepAlive, Sse};
-use bus::Topology;
+use bus::ConsumerQueue;
 use futures_util::{Stream, StreamExt};
 use lapin::Channel;
 use lapin::options::QueueDeclareOptions;
@@ -31,6 +31,8 @@ pub struct UiSettings {
     pub management_url: String,
     /// The vhost the gateway's queues live in (decoded, e.g. `warren` or `/`).
     pub vhost: String,
+    /// The consumer queues the page shows, with their parking queues.
+    pub queues: Vec<ConsumerQueue>,
 }
 
 pub async fn page() -> impl IntoResponse {
@@ -91,7 +93,7 @@ pub async fn queues(
         channel: None,
     };
     let mut queues = Vec::new();
-    for consumer in Topology::standard().consumers {
+    for consumer in state.ui.queues.clone() {
         let parked_queue = consumer.parking_queue();
         let counts = counter.count(&consumer.name).await;
         let parked = counter.count(&parked_queue).await;
@@ -183,6 +185,7 @@ mod tests {
         UiSettings {
             management_url: management_url.into(),
             vhost: vhost.into(),
+            queues: Vec::new(),
         }
     }
 

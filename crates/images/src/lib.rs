@@ -26,3 +26,42 @@ pub use process::{Limits, ProcessError, Rendered};
 pub use spec::{OutputFormat, SpecError, VariantSpec};
 pub use store::{ImageStore, ImageStoreError};
 pub use worker::{CONSUMER, ImageHandler, ImageStatus, PRODUCER, SCHEMA, handler};
+
+use std::sync::Arc;
+
+use contracts::Component;
+use contracts::component::Queue;
+use futures_util::future::BoxFuture;
+use host::{Host, Participant, Tasks};
+
+/// The image worker as the broker, the database and the deployment see it.
+pub const COMPONENT: Component = Component {
+    consumes: &[Queue {
+        name: "image.commands",
+        bindings: &["image.cmd.*"],
+    }],
+    ..Component::participant("image", SCHEMA, "warren_images", 9185)
+};
+
+/// The image worker as `warren run image` starts it. Its work is long and CPU-bound: it takes
+/// no more deliveries at once than there are cores, and commits each alone.
+pub const PARTICIPANT: Participant = Participant {
+    component: COMPONENT,
+    listeners: 1,
+    start,
+};
+
+fn start<'a>(host: &'a Host, tasks: &'a mut Tasks) -> BoxFuture<'a, anyhow::Result<()>> {
+    Box::pin(async move {
+        let store = ImageStore::new(&host.settings.image_store);
+        let handoff = host.relay(tasks, SCHEMA).await?;
+        let handler =
+            Arc::new(handler(host.pool.clone(), store, Limits::default()).with_handoff(handoff));
+        let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+        let prefetch = u16::try_from(cores).unwrap_or(u16::MAX);
+        for queue in COMPONENT.consumes {
+            host.consume_with(tasks, &COMPONENT, queue, Arc::clone(&handler), prefetch)?;
+        }
+        host.answer(tasks, &COMPONENT, queries::Queries::new(host.pool.clone()))
+    })
+}

@@ -51,3 +51,39 @@ struct Row {
     outputs: Json<Vec<ImageVariant>>,
     reason: Option<String>,
 }
+
+/// Answers `image.queries`: `get_image`.
+#[derive(Debug, Clone)]
+pub struct Queries {
+    pool: PgPool,
+}
+
+impl Queries {
+    pub fn new(pool: PgPool) -> Self {
+        Self { pool }
+    }
+}
+
+#[derive(Deserialize)]
+struct Params {
+    image_id: Uuid,
+}
+
+impl bus::rpc::QueryHandler for Queries {
+    async fn query(
+        &self,
+        method: &str,
+        params: serde_json::Value,
+    ) -> Result<serde_json::Value, bus::rpc::QueryError> {
+        use bus::rpc::QueryError;
+        match method {
+            "get_image" => {
+                let Params { image_id } = QueryError::params(params)?;
+                QueryError::found(get_image(&self.pool, image_id).await, || {
+                    format!("image {image_id}")
+                })
+            }
+            other => Err(QueryError::unknown_method(other)),
+        }
+    }
+}

@@ -33,6 +33,10 @@ pub mod render;
 pub use delivery::{Channel, Deliverer, DeliveryError, DeliverySettings, LogChannel, SmtpChannel};
 pub use handler::NotificationHandler;
 
+use contracts::Component;
+use contracts::component::Queue;
+use futures_util::future::BoxFuture;
+use host::{Host, Participant, Tasks};
 use sqlx::PgPool;
 use store::Transactional;
 
@@ -42,6 +46,43 @@ pub const CONSUMER: &str = "notification-service";
 pub const PRODUCER: &str = "notification";
 /// The schema holding its table, inbox and outbox.
 pub const SCHEMA: &str = "notifications";
+
+/// The notification service as the broker, the database and the deployment see it: it hears
+/// of confirmed and cancelled orders and of finished images.
+pub const COMPONENT: Component = Component {
+    consumes: &[Queue {
+        name: "notification.events",
+        bindings: &[
+            "order.evt.confirmed",
+            "order.evt.cancelled",
+            "image.evt.completed",
+            "image.evt.failed",
+        ],
+    }],
+    ..Component::participant("notification", SCHEMA, "warren_notifications", 9186)
+};
+
+/// The notification service as `warren run notification` starts it: its relay, consumer and
+/// queries, and the deliverer (with a `LISTEN` connection of its own) that hands committed
+/// notifications to the configured channel (SMTP when `WARREN_SMTP_*` say so, else the log).
+pub const PARTICIPANT: Participant = Participant {
+    component: COMPONENT,
+    listeners: 2,
+    start,
+};
+
+fn start<'a>(host: &'a Host, tasks: &'a mut Tasks) -> BoxFuture<'a, anyhow::Result<()>> {
+    Box::pin(async move {
+        let smtp = delivery::SmtpSettings::from_env()?;
+        let channel = delivery::AnyChannel::configured(smtp.as_ref())?;
+        let queries = queries::Queries::new(host.pool.clone());
+        host.run_transactional(tasks, &COMPONENT, handler(host.pool.clone()), queries)
+            .await?;
+        let (pool, token) = (host.pool.clone(), host.shutdown.clone());
+        tasks.spawn(async move { Ok(delivery::run(pool, channel, token).await?) });
+        Ok(())
+    })
+}
 
 /// The handler wrapped with this service's inbox and outbox, ready for a consumer.
 pub fn handler(pool: PgPool) -> Transactional<NotificationHandler> {

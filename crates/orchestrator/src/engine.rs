@@ -19,7 +19,7 @@ use uuid::Uuid;
 use crate::clock::Clock;
 use crate::isolate::advance;
 use crate::versions::Versions;
-use crate::{COMPONENT, SCHEMA, repo, view};
+use crate::{PRODUCER, SCHEMA, repo, view};
 
 #[derive(Debug, thiserror::Error)]
 pub enum EngineError {
@@ -500,7 +500,7 @@ fn caused(
         .iter()
         .map(|c| {
             let message =
-                Envelope::raw(COMPONENT, &c.message_type, c.payload.clone()).with_step(&c.step);
+                Envelope::raw(PRODUCER, &c.message_type, c.payload.clone()).with_step(&c.step);
             correlate(message, saga.id, cause)
         })
         .collect();
@@ -517,11 +517,7 @@ fn caused(
         view: view::of(saga),
         transition: transition.note.clone(),
     };
-    messages.push(correlate(
-        Envelope::new(COMPONENT, &updated),
-        saga.id,
-        cause,
-    ));
+    messages.push(correlate(Envelope::new(PRODUCER, &updated), saga.id, cause));
     (messages, Value::Array(sent))
 }
 

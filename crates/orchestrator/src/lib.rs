@@ -29,11 +29,38 @@ pub mod sweeper;
 pub mod versions;
 pub mod view;
 
+use contracts::component::Queue;
+
 pub use clock::Clock;
 pub use engine::{Engine, EngineError};
 pub use queries::SagaQueries;
 
 /// The name the orchestrator publishes under and claims inbox rows with.
-pub const COMPONENT: &str = "orchestrator";
+pub const PRODUCER: &str = "orchestrator";
+
+/// The orchestrator as the broker and the database see it. `saga.replies` is bound to the
+/// replies the saga definitions wait for (`bus::Topology::with_saga_replies`), so other events
+/// never reach it.
+pub const COMPONENT: contracts::Component = contracts::Component {
+    name: "orchestrator",
+    owns: Some("saga"),
+    consumes: &[
+        Queue {
+            name: "saga.commands",
+            bindings: &["saga.cmd.*"],
+        },
+        Queue {
+            name: "saga.replies",
+            bindings: &[],
+        },
+    ],
+    answers_queries: true,
+    publishes: &[],
+    sends_saga_commands: true,
+    watches: &[],
+    db_role: "warren_sagas",
+    schema: Some(SCHEMA),
+    metrics_port: Some(9181),
+};
 /// The database schema the orchestrator owns.
 pub const SCHEMA: &str = "sagas";

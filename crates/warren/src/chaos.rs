@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use anyhow::Context;
 use bus::chaos::{self, Action, Control, FaultPatch, ProcessFaults};
-use bus::topology::{Topology, topic_matches};
+use bus::topology::topic_matches;
 use clap::{Args, Subcommand};
 use contracts::routing;
 use lapin::BasicProperties;
@@ -299,7 +299,7 @@ fn print_report(report: &Report) {
 }
 
 async fn poison(settings: &Settings, queue: &str, json: bool) -> anyhow::Result<ExitCode> {
-    let topology = Topology::standard();
+    let topology = components::standard_topology();
     let Some(consumer) = topology.consumer(queue) else {
         eprintln!("error: no consumer queue {queue}");
         return Ok(ExitCode::from(exit::NOT_FOUND));

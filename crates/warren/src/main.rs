@@ -23,7 +23,6 @@ mod dlq;
 mod history;
 mod ops;
 mod output;
-mod queries;
 mod run;
 mod saga_cli;
 mod saga_versions;
@@ -77,6 +76,9 @@ enum Command {
     Auth(auth_cli::AuthCommand),
     /// Measure checkout sagas per second and their latency against the running system.
     Bench(bench::BenchArgs),
+    /// List the components: name, broker user, database role and metrics port, tab-separated
+    /// (what `deploy/components.tsv` holds and `scripts/lib.sh` reads).
+    Components,
 }
 
 /// Exit codes scripts can rely on: 0 done, 1 a check or replay found a problem, 2 bad usage
@@ -144,6 +146,10 @@ async fn cli_main() -> std::process::ExitCode {
         Command::Dlq(command) => dlq::execute(&cli.settings, command, cli.json).await,
         Command::Chaos(command) => chaos::execute(&cli.settings, command, cli.json).await,
         Command::Bench(args) => bench::execute(&cli.settings, args, cli.json).await,
+        Command::Components => {
+            print!("{}", components::table());
+            Ok(std::process::ExitCode::SUCCESS)
+        }
         Command::Auth(command) => {
             auth_cli::execute(&cli.settings, command).map(|()| std::process::ExitCode::SUCCESS)
         }

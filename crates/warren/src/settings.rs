@@ -233,6 +233,21 @@ impl Settings {
         )
     }
 
+    /// What every participant shares, committing at most `group_commit` deliveries at once.
+    pub fn host(&self, group_commit: usize) -> host::HostSettings {
+        host::HostSettings {
+            prefetch: self.prefetch,
+            group_commit,
+            shutdown_grace: self.shutdown_grace(),
+            relay: store::RelaySettings {
+                confirm_timeout: Duration::from_millis(self.confirm_timeout_ms),
+                ..store::RelaySettings::default()
+            },
+            trusted: vec![self.operator_user.clone()],
+            image_store: self.image_store.clone(),
+        }
+    }
+
     pub fn shutdown_grace(&self) -> Duration {
         Duration::from_secs(self.shutdown_grace_secs)
     }

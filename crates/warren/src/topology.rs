@@ -3,10 +3,9 @@
 use std::path::{Path, PathBuf};
 
 use anyhow::Context;
-use bus::{Access, Bus, Topology};
+use bus::{Bus, Topology};
 use clap::Subcommand;
 use contracts::routing;
-use saga::Definition;
 use serde_json::Value;
 
 use crate::settings::Settings;
@@ -63,26 +62,11 @@ pub const GENERATED: [&str; 6] = [
     "topic_permissions",
 ];
 
-/// Who may do what on the broker, for these saga definitions: the orchestrator may send their
-/// commands and compensations, no other.
-pub fn access(definitions: &[Definition]) -> Access {
-    let commands = definitions.iter().flat_map(|d| &d.steps).flat_map(|step| {
-        std::iter::once(step.command.clone())
-            .chain(step.compensation.as_ref().map(|c| c.command.clone()))
-    });
-    Access::new(for_definitions(definitions), commands)
-}
-
-/// Warren's topology, with `saga.replies` bound to every reply these definitions wait for.
-pub fn for_definitions(definitions: &[Definition]) -> Topology {
-    Topology::standard().with_saga_replies(definitions.iter().flat_map(|d| d.reply_types()))
-}
-
 /// Every generated section, for the `warren` vhost.
 fn generated(settings: &Settings) -> anyhow::Result<Value> {
     let sagas = crate::run::definitions(settings)?;
-    let mut definitions = for_definitions(&sagas).definitions(routing::VHOST);
-    let users = access(&sagas).definitions(routing::VHOST);
+    let mut definitions = components::topology(&sagas).definitions(routing::VHOST);
+    let users = components::access(&sagas).definitions(routing::VHOST);
     for section in ["users", "permissions", "topic_permissions"] {
         definitions[section] = users[section].clone();
     }
@@ -90,7 +74,7 @@ fn generated(settings: &Settings) -> anyhow::Result<Value> {
 }
 
 pub async fn execute(settings: &Settings, command: TopologyCommand) -> anyhow::Result<()> {
-    let topology = for_definitions(&crate::run::definitions(settings)?);
+    let topology = components::topology(&crate::run::definitions(settings)?);
     match command {
         TopologyCommand::Apply => {
             let bus = Bus::connect(&settings.bus("topology")).await?;
@@ -215,6 +199,7 @@ fn password_hash(password: &str, salt: u32) -> String {
 mod tests {
     use super::*;
     use clap::Parser;
+    use saga::Definition;
 
     #[test]
     fn the_users_of_the_definitions_file_match_the_code() {
@@ -255,8 +240,8 @@ mod tests {
     #[test]
     fn the_orchestrator_may_send_every_command_of_the_built_in_sagas() {
         let settings = crate::Cli::parse_from(["warren", "migrate"]).settings;
-        let access = access(&crate::run::definitions(&settings).unwrap());
-        let write = &access.grant(bus::Role::Orchestrator).topics[0].write;
+        let access = components::access(&crate::run::definitions(&settings).unwrap());
+        let write = &access.grant(&orchestrator::COMPONENT).topics[0].write;
         for command in [
             "order.cmd.create",
             "order.cmd.cancel",
@@ -275,9 +260,13 @@ mod tests {
         let mut checkout =
             Definition::from_toml(include_str!("../../../sagas/checkout.toml")).unwrap();
         checkout.steps[3].success = "order.evt.shipped".into();
-        let topology = for_definitions(&[checkout]);
+        let topology = components::topology(&[checkout]);
         assert_eq!(topology.routes("order.evt.shipped"), ["saga.replies"]);
-        assert!(Topology::standard().routes("order.evt.shipped").is_empty());
+        assert!(
+            components::topology(&[])
+                .routes("order.evt.shipped")
+                .is_empty()
+        );
         let bindings = topology.definitions(routing::VHOST)["bindings"].clone();
         assert!(
             bindings.as_array().unwrap().iter().any(|b| {

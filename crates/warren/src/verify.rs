@@ -9,7 +9,6 @@ use std::collections::BTreeMap;
 use std::time::Duration;
 
 use bus::Bus;
-use bus::topology::Topology;
 use contracts::routing;
 use lapin::options::QueueDeclareOptions;
 use lapin::types::FieldTable;
@@ -364,7 +363,7 @@ async fn nothing_parked(bus: &Bus, figures: &mut Figures) -> anyhow::Result<Chec
     };
     let mut parked = 0;
     let mut examples = Vec::new();
-    for consumer in Topology::standard().consumers {
+    for consumer in components::standard_topology().consumers {
         let queue = routing::parking_queue(&consumer.name);
         let declared = channel
             .queue_declare(queue.as_str().into(), passive, FieldTable::default())

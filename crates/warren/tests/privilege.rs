@@ -11,39 +11,35 @@ mod support;
 use std::io::Cursor;
 use std::path::{Path, PathBuf};
 
-use bus::{Access, Role, Topology};
+use bus::Access;
+use bus::access::OPERATOR;
 use image::{ImageFormat, RgbImage};
 use support::{PATIENCE, Ran, System, saga_id};
 use testkit::TestUser;
 use tokio::process::Command;
 
-/// Each component's database role (migration 0010).
-fn db_role(role: Role) -> &'static str {
-    match role {
-        Role::Gateway => "warren_gateway",
-        Role::Orchestrator => "warren_sagas",
-        Role::Order => "warren_orders",
-        Role::Inventory => "warren_inventory",
-        Role::Payment => "warren_payments",
-        Role::Image => "warren_images",
-        Role::Notification => "warren_notifications",
-        Role::Operator => "warren_operator",
+/// Each component's database role (migration 0010), as it declares it.
+fn db_role(name: &str) -> &'static str {
+    match components::named(name) {
+        Some(component) => component.db_role,
+        None => "warren_operator",
     }
+}
+
+/// The names of the components, each run in a process of its own.
+fn names() -> Vec<&'static str> {
+    components::all().iter().map(|c| c.name).collect()
 }
 
 /// The permissions the definitions file gives (a unit test holds the two equal).
 fn access() -> Access {
     let sagas = Path::new(concat!(env!("CARGO_MANIFEST_DIR"), "/../../sagas"));
     let definitions = saga::Definition::load_dir(sagas, &contracts::Schemas::embedded()).unwrap();
-    let commands = definitions.iter().flat_map(|d| &d.steps).flat_map(|step| {
-        std::iter::once(step.command.clone())
-            .chain(step.compensation.as_ref().map(|c| c.command.clone()))
-    });
-    Access::new(Topology::standard(), commands)
+    components::access(&definitions)
 }
 
 struct Users {
-    users: Vec<(Role, TestUser)>,
+    users: Vec<(&'static str, TestUser)>,
     secrets: PathBuf,
 }
 
@@ -54,22 +50,22 @@ impl Users {
         let secrets = std::env::temp_dir().join(format!("warren-secrets-{prefix}"));
         std::fs::create_dir_all(&secrets).unwrap();
         let mut users = Vec::new();
-        for role in Role::ALL {
-            let name = format!("{prefix}-{}", role.user());
-            let user = testkit::create_user(vhost, &name, &access.grant(role)).await;
+        for role in names().into_iter().chain([OPERATOR]) {
+            let name = format!("{prefix}-warren-{role}");
+            let user = testkit::create_user(vhost, &name, &access.grant_of(role)).await;
             std::fs::write(secrets.join(&name), format!("{}\n", user.password)).unwrap();
             users.push((role, user));
         }
         Self { users, secrets }
     }
 
-    fn user(&self, role: Role) -> &TestUser {
+    fn user(&self, role: &str) -> &TestUser {
         &self.users.iter().find(|(r, _)| *r == role).unwrap().1
     }
 
     /// The settings a process of `role` runs with: its broker user (the password from its file,
     /// none in the URL) and its database role.
-    fn env(&self, role: Role, database_url: &str) -> Vec<(String, String)> {
+    fn env(&self, role: &str, database_url: &str) -> Vec<(String, String)> {
         let user = self.user(role);
         let mut url = reqwest::Url::parse(&user.amqp_url()).unwrap();
         url.set_password(None).unwrap();
@@ -87,7 +83,7 @@ impl Users {
             ),
             (
                 "WARREN_OPERATOR_USER".into(),
-                self.user(Role::Operator).name.clone(),
+                self.user(OPERATOR).name.clone(),
             ),
         ]
     }
@@ -105,7 +101,7 @@ async fn operator(system: &System, users: &Users, args: &[&str]) -> Ran {
     Ran::of(
         Command::new(env!("CARGO_BIN_EXE_warren"))
             .args(args)
-            .envs(users.env(Role::Operator, &system.database_url))
+            .envs(users.env(OPERATOR, &system.database_url))
             .env("WARREN_CONNECT_TIMEOUT_SECS", "10")
             .env("NO_COLOR", "1")
             .env("RUST_LOG", "warn")
@@ -127,9 +123,9 @@ async fn every_component_does_its_work_as_its_own_user_and_role() {
     let users = Users::create(&system.vhost).await;
     system.allow_chaos = true;
     let mut processes = Vec::new();
-    for role in Role::ALL.into_iter().filter(|r| *r != Role::Operator) {
+    for role in names() {
         system.env = users.env(role, &system.database_url);
-        processes.push(system.spawn(&[role.name()]));
+        processes.push(system.spawn(&[role]));
     }
     system.ready().await;
     system
@@ -154,18 +150,15 @@ async fn every_component_does_its_work_as_its_own_user_and_role() {
                 .json()
                 .await
                 .unwrap();
-            Role::ALL
-                .into_iter()
-                .filter(|r| *r != Role::Operator)
-                .all(|role| {
-                    listed.iter().any(|c| {
-                        c["client_properties"]["connection_name"] == role.user()
-                            && c["user"] == users.user(role).name.as_str()
-                    })
+            names().into_iter().all(|role| {
+                listed.iter().any(|c| {
+                    c["client_properties"]["connection_name"] == format!("warren-{role}")
+                        && c["user"] == users.user(role).name.as_str()
                 })
+            })
         })
         .await;
-    let as_orders = sqlx::PgPool::connect(&users.env(Role::Order, &system.database_url)[2].1)
+    let as_orders = sqlx::PgPool::connect(&users.env("order", &system.database_url)[2].1)
         .await
         .unwrap();
     let role: String = sqlx::query_scalar("SELECT current_user::text")
@@ -250,7 +243,7 @@ async fn every_component_does_its_work_as_its_own_user_and_role() {
     let cleared = operator(&system, &users, &["chaos", "clear"]).await;
     assert_eq!(cleared.code, 0, "{cleared:?}");
     // ... and a chaos control from a component's user is not even delivered.
-    let mut as_payment = users.env(Role::Payment, &system.database_url);
+    let mut as_payment = users.env("payment", &system.database_url);
     as_payment.retain(|(k, _)| k != "WARREN_OPERATOR_USER");
     let forged = Ran::of(
         Command::new(env!("CARGO_BIN_EXE_warren"))
@@ -294,17 +287,14 @@ async fn every_component_does_its_work_as_its_own_user_and_role() {
     assert_eq!(verify.code, 0, "{verify:?}");
     assert_eq!(verify.json()["holds"], true, "{verify:?}");
 
-    for (index, role) in processes
-        .iter()
-        .zip(Role::ALL.into_iter().filter(|r| *r != Role::Operator))
-    {
-        assert!(system.alive(*index), "{} died", role.name());
+    for (index, role) in processes.iter().zip(names()) {
+        assert!(system.alive(*index), "{} died", role);
         let log = std::fs::read_to_string(system.log_file(*index)).unwrap();
         for refusal in ["ACCESS_REFUSED", "permission denied"] {
             assert!(
                 !log.contains(refusal),
                 "{} was refused something:\n{log}",
-                role.name()
+                role
             );
         }
     }

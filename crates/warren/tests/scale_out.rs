@@ -12,15 +12,10 @@ use std::collections::{BTreeMap, BTreeSet};
 use serde_json::{Value, json};
 use support::{System, free_port, saga_id};
 
-const COMPONENTS: [&str; 7] = [
-    "gateway",
-    "orchestrator",
-    "order",
-    "inventory",
-    "payment",
-    "notification",
-    "image",
-];
+/// Every component, as `warren run` names them.
+fn components() -> Vec<&'static str> {
+    components::all().iter().map(|c| c.name).collect()
+}
 /// Where each replica's messages come from, for the components that consume during checkouts.
 const QUEUES: [(&str, &str); 5] = [
     ("orchestrator", "saga.replies"),
@@ -46,7 +41,7 @@ async fn two_of_every_component_share_the_work_and_keep_the_invariants_and_the_t
     let second_gateway = free_port();
     let mut replicas: BTreeMap<&str, Vec<usize>> = BTreeMap::new();
     for replica in 0..2 {
-        for component in COMPONENTS {
+        for component in components() {
             let index = if component == "gateway" && replica == 1 {
                 system.spawn_at(&[component], second_gateway)
             } else {
@@ -196,7 +191,7 @@ async fn two_of_every_component_share_the_work_and_keep_the_invariants_and_the_t
         }
     }
     // Every component but the image worker, which a checkout never reaches.
-    for component in COMPONENTS.into_iter().filter(|c| *c != "image") {
+    for component in components().into_iter().filter(|c| *c != "image") {
         assert!(
             touched.contains(component),
             "no {component} line about the traced saga; touched: {touched:?}"

@@ -1,7 +1,7 @@
 //! Queries: request/reply over RabbitMQ's direct reply-to.
 //!
 //! The gateway owns no tables; it reads by asking the owning service. Each service consumes a
-//! classic `<service>.queries` queue of its own ([`crate::topology::query_queue`]), so a read
+//! classic `<service>.queries` queue of its own ([`contracts::Component::query_queue`]), so a read
 //! never waits behind a backlog of commands.
 //!
 //! The protocol:

@@ -61,6 +61,31 @@ impl QueryError {
     pub fn internal(message: impl Into<String>) -> Self {
         Self::new(RemoteCode::Internal, message)
     }
+
+    /// A query's parameters as `T`, or a bad request saying what is wrong with them.
+    pub fn params<T: serde::de::DeserializeOwned>(params: Value) -> Result<T, Self> {
+        serde_json::from_value(params).map_err(|e| Self::bad_request(e.to_string()))
+    }
+
+    /// What a read found as the answer, "no `what`" when it found nothing, and a failed read
+    /// as an internal error.
+    pub fn found<T: Serialize, E: std::fmt::Display>(
+        found: Result<Option<T>, E>,
+        what: impl FnOnce() -> String,
+    ) -> Result<Value, Self> {
+        let found = found.map_err(|e| Self::internal(e.to_string()))?;
+        Self::answer(found.ok_or_else(|| Self::not_found(format!("no {}", what())))?)
+    }
+
+    /// A value as the answer.
+    pub fn answer<T: Serialize>(value: T) -> Result<Value, Self> {
+        serde_json::to_value(value).map_err(|e| Self::internal(e.to_string()))
+    }
+
+    /// The answer to a method the handler does not know.
+    pub fn unknown_method(method: &str) -> Self {
+        Self::bad_request(format!("unknown method {method:?}"))
+    }
 }
 
 /// Why a query got no answer.

@@ -1,8 +1,36 @@
-//! The topology's layout checked without a broker: routes, definitions, access.
+//! The topology's layout checked without a broker: routes, queues and their arguments. (The
+//! layout of Warren's own components is checked in the `components` crate.)
 
 use super::*;
 
-use contracts::messages::Delivery;
+/// A layout as components declare one: two consumer queues and two queries queues.
+fn example() -> Topology {
+    const ORDER: Component = Component {
+        consumes: &[contracts::component::Queue {
+            name: "order.commands",
+            bindings: &["order.cmd.*"],
+        }],
+        ..Component::participant("order", "orders", "warren_orders", 9182)
+    };
+    const SAGA: Component = Component {
+        owns: Some("saga"),
+        consumes: &[contracts::component::Queue {
+            name: "saga.replies",
+            bindings: &[],
+        }],
+        ..Component::participant("orchestrator", "sagas", "warren_sagas", 9181)
+    };
+    Topology::of_components(&[ORDER, SAGA]).with_saga_replies(["order.evt.created"])
+}
+
+#[test]
+fn a_layout_is_what_its_components_declare() {
+    let topology = example();
+    assert_eq!(topology.routes("order.cmd.create"), ["order.commands"]);
+    assert_eq!(topology.routes("order.evt.created"), ["saga.replies"]);
+    assert!(topology.routes("order.evt.confirmed").is_empty());
+    assert_eq!(topology.queries, ["order.queries", "saga.queries"]);
+}
 
 #[test]
 fn topic_patterns_match_like_rabbitmq() {
@@ -15,39 +43,8 @@ fn topic_patterns_match_like_rabbitmq() {
 }
 
 #[test]
-fn every_command_reaches_a_consumer() {
-    // While the audit queue is tapped every key is routable on `warren`, so a misspelt
-    // routing key would not come back as unroutable: this check catches it regardless.
-    // (Live events may have no consumer: people watch them.)
-    let topology = Topology::standard();
-    let schemas = contracts::Schemas::embedded();
-    for message_type in schemas.types().filter(|t| t.contains(".cmd.")) {
-        assert!(
-            !topology.routes(message_type).is_empty(),
-            "{message_type} reaches no consumer queue"
-        );
-    }
-}
-
-#[test]
-fn an_event_is_live_exactly_when_no_consumer_queue_takes_it() {
-    // Live events are transient and not `mandatory` (contracts::messages::Delivery): one
-    // that a consumer depended on could be lost, and a durable one that no queue takes
-    // would come back unroutable and wait in its outbox for ever.
-    let topology = Topology::standard();
-    for message_type in contracts::Schemas::embedded().types() {
-        let consumed = !topology.routes(message_type).is_empty();
-        let live = contracts::messages::delivery(message_type) == Delivery::Live;
-        assert!(
-            consumed != live,
-            "{message_type}: consumed {consumed}, live {live}"
-        );
-    }
-}
-
-#[test]
 fn every_consumer_queue_has_parking_and_retry_queues() {
-    let topology = Topology::standard();
+    let topology = example();
     let queues = topology.queues();
     for consumer in &topology.consumers {
         let main = queues.iter().find(|q| q.name == consumer.name).unwrap();
@@ -72,10 +69,9 @@ fn every_consumer_queue_has_parking_and_retry_queues() {
 
 #[test]
 fn every_service_has_a_capped_query_queue_without_bindings() {
-    let topology = Topology::standard();
+    let topology = example();
     let queues = topology.queues();
-    for service in QUERY_SERVICES {
-        let name = query_queue(service);
+    for name in ["order.queries", "saga.queries"] {
         let queue = queues.iter().find(|q| q.name == name).unwrap();
         assert_eq!(queue.kind, QueueType::Classic);
         assert!(
@@ -91,63 +87,4 @@ fn every_service_has_a_capped_query_queue_without_bindings() {
         assert!(topology.bindings().iter().all(|b| b.queue != name));
     }
     assert!(Topology::of(vec![]).queues().is_empty());
-}
-
-/// JSON text with object keys sorted, whatever map order serde_json was built with.
-fn canonical(value: &Value) -> String {
-    match value {
-        Value::Object(map) => {
-            let mut entries: Vec<(&String, &Value)> = map.iter().collect();
-            entries.sort_by(|a, b| a.0.cmp(b.0));
-            let fields: Vec<String> = entries
-                .into_iter()
-                .map(|(k, v)| format!("{}:{}", Value::from(k.as_str()), canonical(v)))
-                .collect();
-            format!("{{{}}}", fields.join(","))
-        }
-        Value::Array(items) => {
-            format!(
-                "[{}]",
-                items.iter().map(canonical).collect::<Vec<_>>().join(",")
-            )
-        }
-        other => other.to_string(),
-    }
-}
-
-#[test]
-fn the_definitions_file_matches_the_code() {
-    let path = concat!(
-        env!("CARGO_MANIFEST_DIR"),
-        "/../../rabbitmq/definitions.json"
-    );
-    let file: Value = serde_json::from_str(&std::fs::read_to_string(path).unwrap()).unwrap();
-    let generated = Topology::standard().definitions(routing::VHOST);
-    for section in ["exchanges", "queues", "bindings"] {
-        let in_file: Vec<String> = file[section]
-            .as_array()
-            .unwrap_or_else(|| panic!("definitions.json has no {section}"))
-            .iter()
-            .map(canonical)
-            .collect();
-        let in_code: Vec<String> = generated[section]
-            .as_array()
-            .unwrap()
-            .iter()
-            .map(canonical)
-            .collect();
-        let missing: Vec<&String> = in_code.iter().filter(|e| !in_file.contains(e)).collect();
-        let extra: Vec<&String> = in_file.iter().filter(|e| !in_code.contains(e)).collect();
-        assert!(
-            missing.is_empty() && extra.is_empty(),
-            "rabbitmq/definitions.json {section} differ from the code (regenerate with \
-             `warren topology export --into rabbitmq/definitions.json`)\n\
-             missing from the file: {missing:#?}\nonly in the file: {extra:#?}"
-        );
-        assert_eq!(
-            in_file.len(),
-            in_code.len(),
-            "{section}: duplicates in the file"
-        );
-    }
 }

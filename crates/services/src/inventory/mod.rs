@@ -14,6 +14,10 @@ pub mod queries;
 
 pub use handler::InventoryHandler;
 
+use contracts::Component;
+use contracts::component::Queue;
+use futures_util::future::BoxFuture;
+use host::{Host, Participant, Tasks};
 use sqlx::PgPool;
 use store::Transactional;
 
@@ -27,4 +31,33 @@ pub const SCHEMA: &str = "inventory";
 /// The handler wrapped with this service's inbox and outbox, ready for a consumer.
 pub fn handler(pool: PgPool) -> Transactional<InventoryHandler> {
     Transactional::new(pool, SCHEMA, CONSUMER, InventoryHandler)
+}
+
+/// The inventory service as the broker, the database and the deployment see it.
+pub const COMPONENT: Component = Component {
+    consumes: &[Queue {
+        name: "inventory.commands",
+        bindings: &[
+            "inventory.cmd.*",
+            // It also sells reserved stock once an order is confirmed.
+            "order.evt.confirmed",
+        ],
+    }],
+    ..Component::participant("inventory", SCHEMA, "warren_inventory", 9183)
+};
+
+/// The inventory service as `warren run inventory` starts it: its relay, consumer and queries.
+pub const PARTICIPANT: Participant = Participant {
+    component: COMPONENT,
+    listeners: 1,
+    start,
+};
+
+fn start<'a>(host: &'a Host, tasks: &'a mut Tasks) -> BoxFuture<'a, anyhow::Result<()>> {
+    Box::pin(host.run_transactional(
+        tasks,
+        &COMPONENT,
+        handler(host.pool.clone()),
+        queries::Queries::new(host.pool.clone()),
+    ))
 }

@@ -91,3 +91,39 @@ struct Row {
     total_cents: i64,
     reason: Option<String>,
 }
+
+/// Answers `inventory.queries`: `get_product`.
+#[derive(Debug, Clone)]
+pub struct Queries {
+    pool: PgPool,
+}
+
+impl Queries {
+    pub fn new(pool: PgPool) -> Self {
+        Self { pool }
+    }
+}
+
+#[derive(serde::Deserialize)]
+struct Params {
+    sku: String,
+}
+
+impl bus::rpc::QueryHandler for Queries {
+    async fn query(
+        &self,
+        method: &str,
+        params: serde_json::Value,
+    ) -> Result<serde_json::Value, bus::rpc::QueryError> {
+        use bus::rpc::QueryError;
+        match method {
+            "get_product" => {
+                let Params { sku } = QueryError::params(params)?;
+                QueryError::found(get_product(&self.pool, &sku).await, || {
+                    format!("product {sku}")
+                })
+            }
+            other => Err(QueryError::unknown_method(other)),
+        }
+    }
+}

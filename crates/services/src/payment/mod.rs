@@ -15,6 +15,10 @@ pub use handler::PaymentHandler;
 use std::sync::Arc;
 
 use bus::chaos::Faults;
+use contracts::Component;
+use contracts::component::Queue;
+use futures_util::future::BoxFuture;
+use host::{Host, Participant, Tasks};
 use sqlx::PgPool;
 use store::Transactional;
 
@@ -28,4 +32,29 @@ pub const SCHEMA: &str = "payments";
 /// The handler wrapped with this service's inbox and outbox, ready for a consumer.
 pub fn handler(pool: PgPool, faults: Option<Arc<Faults>>) -> Transactional<PaymentHandler> {
     Transactional::new(pool, SCHEMA, CONSUMER, PaymentHandler::with_faults(faults))
+}
+
+/// The payment service as the broker, the database and the deployment see it.
+pub const COMPONENT: Component = Component {
+    consumes: &[Queue {
+        name: "payment.commands",
+        bindings: &["payment.cmd.*"],
+    }],
+    ..Component::participant("payment", SCHEMA, "warren_payments", 9184)
+};
+
+/// The payment service as `warren run payment` starts it: its relay, consumer and queries.
+pub const PARTICIPANT: Participant = Participant {
+    component: COMPONENT,
+    listeners: 1,
+    start,
+};
+
+fn start<'a>(host: &'a Host, tasks: &'a mut Tasks) -> BoxFuture<'a, anyhow::Result<()>> {
+    Box::pin(host.run_transactional(
+        tasks,
+        &COMPONENT,
+        handler(host.pool.clone(), host.faults.clone()),
+        queries::Queries::new(host.pool.clone()),
+    ))
 }

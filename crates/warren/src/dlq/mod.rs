@@ -118,7 +118,7 @@ pub async fn execute(
     command: DlqCommand,
     json: bool,
 ) -> anyhow::Result<ExitCode> {
-    let topology = Topology::standard();
+    let topology = components::standard_topology();
     let wanted = match &command {
         DlqCommand::List { queue, .. } => queue.as_deref(),
         DlqCommand::Show { .. } => None,
@@ -197,7 +197,7 @@ mod tests {
 
     #[test]
     fn queues_are_named_by_consumer_queue_or_parking_queue() {
-        let topology = Topology::standard();
+        let topology = components::standard_topology();
         assert_eq!(
             select_queues(&topology, None).unwrap().len(),
             topology.consumers.len()

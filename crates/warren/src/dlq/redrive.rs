@@ -393,7 +393,7 @@ mod tests {
 
     #[test]
     fn the_destination_is_a_consumer_queue_or_nothing() {
-        let topology = Topology::standard();
+        let topology = components::standard_topology();
         assert_eq!(
             destination(&topology, &parked_by_warren()).as_deref(),
             Ok("payment.commands")
@@ -410,7 +410,7 @@ mod tests {
 
     #[tokio::test]
     async fn a_run_sends_each_message_back_once_and_only_where_it_came_from() {
-        let topology = Topology::standard();
+        let topology = components::standard_topology();
         let delivery = |properties: BasicProperties| {
             let mut delivery = Delivery::mock(1, "".into(), "".into(), false, b"{}".to_vec());
             delivery.properties = properties;

@@ -7,8 +7,9 @@
 use std::sync::Arc;
 use std::time::Duration;
 
+use bus::access::OPERATOR;
 use bus::chaos::{self, Action, Control, FaultPatch, Faults, Identity};
-use bus::{Access, Bus, BusError, Outgoing, PublishError, Role, Topology};
+use bus::{Bus, BusError, Outgoing, PublishError};
 use contracts::messages::{OrderCreate, PaymentCharged, SagaStart};
 use contracts::{Envelope, routing};
 use lapin::options::{
@@ -25,42 +26,36 @@ use uuid::Uuid;
 /// A vhost with Warren's topology, and users of the given roles in it.
 struct Broker {
     vhost: String,
-    users: Vec<(Role, TestUser)>,
+    users: Vec<(&'static str, TestUser)>,
 }
 
 impl Broker {
-    async fn with(roles: &[Role]) -> Self {
+    async fn with(roles: &[&'static str]) -> Self {
         let vhost = testkit::create_vhost().await;
         let admin = testkit::admin_bus(&vhost, "test-admin").await;
-        Topology::standard()
+        components::standard_topology()
             .declare(&admin.channel().await.unwrap())
             .await
             .unwrap();
         admin.close().await;
-        let access = Access::new(
-            Topology::standard(),
-            [
-                "order.cmd.create".to_owned(),
-                "payment.cmd.charge".to_owned(),
-            ],
-        );
+        let access = components::access(&components::built_in_sagas());
         let prefix = testkit::unique();
         let mut users = Vec::new();
         for role in roles {
-            let name = format!("{prefix}-{}", role.user());
-            let user = testkit::create_user(&vhost, &name, &access.grant(*role)).await;
+            let name = format!("{prefix}-warren-{role}");
+            let user = testkit::create_user(&vhost, &name, &access.grant_of(role)).await;
             users.push((*role, user));
         }
         Self { vhost, users }
     }
 
-    fn user(&self, role: Role) -> &TestUser {
+    fn user(&self, role: &str) -> &TestUser {
         &self.users.iter().find(|(r, _)| *r == role).unwrap().1
     }
 
     /// A connection as the component's user, named as `warren run <component>` names it.
-    async fn bus(&self, role: Role) -> Bus {
-        self.user(role).bus(&role.user()).await
+    async fn bus(&self, role: &str) -> Bus {
+        self.user(role).bus(&format!("warren-{role}")).await
     }
 
     async fn drop(self) {
@@ -119,8 +114,8 @@ fn create_order() -> Envelope {
 
 #[tokio::test]
 async fn the_broker_refuses_a_worker_publishing_another_services_command() {
-    let broker = Broker::with(&[Role::Payment]).await;
-    let payment = broker.bus(Role::Payment).await;
+    let broker = Broker::with(&["payment"]).await;
+    let payment = broker.bus("payment").await;
 
     // Its own event goes through (to the orchestrator's replies).
     let publisher = payment.publisher().await.unwrap();
@@ -168,11 +163,14 @@ async fn the_broker_refuses_a_worker_publishing_another_services_command() {
 
 #[tokio::test]
 async fn a_worker_cannot_declare_purge_or_read_another_services_queue() {
-    let broker = Broker::with(&[Role::Payment, Role::Gateway, Role::Operator]).await;
-    let payment = broker.bus(Role::Payment).await;
+    let broker = Broker::with(&["payment", "gateway", OPERATOR]).await;
+    let payment = broker.bus("payment").await;
 
     // What a component does at start works: the layout is checked without permissions.
-    Topology::standard().check(&payment).await.unwrap();
+    components::standard_topology()
+        .check(&payment)
+        .await
+        .unwrap();
 
     let quorum = {
         let mut arguments = FieldTable::default();
@@ -282,12 +280,12 @@ async fn a_worker_cannot_declare_purge_or_read_another_services_queue() {
     payment.close().await;
 
     // The gateway watches saga and notification events, and no more.
-    let gateway = broker.bus(Role::Gateway).await;
+    let gateway = broker.bus("gateway").await;
     gateway
         .watch(
             bus::access::LIVE_EVENTS,
             routing::EXCHANGE,
-            &bus::access::LIVE_EVENT_KEYS,
+            &gateway::events::LIVE_EVENT_KEYS,
         )
         .await
         .unwrap();
@@ -316,8 +314,8 @@ async fn a_worker_cannot_declare_purge_or_read_another_services_queue() {
     gateway.close().await;
 
     // The operator applies the topology; nobody else may.
-    let operator = broker.bus(Role::Operator).await;
-    Topology::standard()
+    let operator = broker.bus(OPERATOR).await;
+    components::standard_topology()
         .declare(&operator.channel().await.unwrap())
         .await
         .unwrap();
@@ -327,11 +325,11 @@ async fn a_worker_cannot_declare_purge_or_read_another_services_queue() {
 
 #[tokio::test]
 async fn a_command_put_straight_into_another_services_queue_is_parked_unhandled() {
-    let broker = Broker::with(&[Role::Payment, Role::Order, Role::Operator]).await;
-    let operator_user = broker.user(Role::Operator).name.clone();
+    let broker = Broker::with(&["payment", "order", OPERATOR]).await;
+    let operator_user = broker.user(OPERATOR).name.clone();
     // The order service's consumer, as `warren run order` runs it: it fails each message once,
     // so its own retries come back straight into the queue too.
-    let order = broker.bus(Role::Order).await;
+    let order = broker.bus("order").await;
     let handled = testkit::Collector::new(|_, seen| {
         if seen == 0 {
             Err(bus::HandlerError::Transient("once".into()))
@@ -340,7 +338,7 @@ async fn a_command_put_straight_into_another_services_queue_is_parked_unhandled(
         }
     });
     let spec = bus::ConsumerSpec::new(
-        Topology::standard()
+        components::standard_topology()
             .consumer("order.commands")
             .unwrap()
             .clone(),
@@ -357,7 +355,7 @@ async fn a_command_put_straight_into_another_services_queue_is_parked_unhandled(
 
     // The default exchange routes by queue name and has no topic permissions: the broker lets
     // the payment worker put an order command into order.commands, named or not...
-    let payment = broker.bus(Role::Payment).await;
+    let payment = broker.bus("payment").await;
     let publisher = payment.publisher().await.unwrap();
     let anonymous = create_order();
     publisher
@@ -367,7 +365,7 @@ async fn a_command_put_straight_into_another_services_queue_is_parked_unhandled(
     let mut signed = Outgoing::to("", "order.commands", &create_order());
     signed.properties = signed
         .properties
-        .with_user_id(broker.user(Role::Payment).name.as_str().into());
+        .with_user_id(broker.user("payment").name.as_str().into());
     publisher.send(&signed).await.unwrap();
     // ... but the consumer parks both unhandled, saying why.
     let admin = testkit::admin_bus(&broker.vhost, "test-admin").await;
@@ -381,7 +379,7 @@ async fn a_command_put_straight_into_another_services_queue_is_parked_unhandled(
     assert_eq!(handled.count(), 0);
 
     // The operator's redrive is taken, and so is the consumer's own retry of it.
-    let operator = broker.bus(Role::Operator).await;
+    let operator = broker.bus(OPERATOR).await;
     let mut redriven = Outgoing::to("", "order.commands", &create_order());
     redriven.properties = redriven
         .properties
@@ -443,11 +441,11 @@ fn decline_all() -> Control {
 
 #[tokio::test]
 async fn chaos_controls_from_anyone_but_the_operator_are_ignored() {
-    let broker = Broker::with(&[Role::Payment, Role::Operator]).await;
-    let payment = broker.bus(Role::Payment).await;
-    let operator_user = &broker.user(Role::Operator).name;
+    let broker = Broker::with(&["payment", OPERATOR]).await;
+    let payment = broker.bus("payment").await;
+    let operator_user = &broker.user(OPERATOR).name;
     let (faults, stop) = listen(&payment, operator_user);
-    let operator = broker.bus(Role::Operator).await;
+    let operator = broker.bus(OPERATOR).await;
     let show = Control {
         action: Action::Show,
         target: None,
