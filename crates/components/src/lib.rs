@@ -56,7 +56,12 @@ pub fn participant(name: &str) -> Option<&'static Participant> {
 
 /// Warren's broker layout, with `saga.replies` bound to every reply these definitions wait for.
 pub fn topology(definitions: &[Definition]) -> Topology {
-    Topology::of_components(&all())
+    topology_of(&all(), definitions)
+}
+
+/// The broker layout of these components (Warren's and one being added, say).
+pub fn topology_of(components: &[Component], definitions: &[Definition]) -> Topology {
+    Topology::of_components(components)
         .with_saga_replies(definitions.iter().flat_map(|d| d.reply_types()))
 }
 
@@ -83,11 +88,16 @@ pub fn standard_topology() -> Topology {
 /// Who may do what on the broker, for these saga definitions: the orchestrator may send their
 /// commands and compensations, no other.
 pub fn access(definitions: &[Definition]) -> Access {
+    access_of(all(), definitions)
+}
+
+/// Who may do what on the broker, for these components and saga definitions.
+pub fn access_of(components: Vec<Component>, definitions: &[Definition]) -> Access {
     let commands = definitions.iter().flat_map(|d| &d.steps).flat_map(|step| {
         std::iter::once(step.command.clone())
             .chain(step.compensation.as_ref().map(|c| c.command.clone()))
     });
-    Access::new(all(), commands)
+    Access::new(components, commands)
 }
 
 /// One line per component (and one for the operator), tab-separated: name, broker user,

@@ -318,7 +318,7 @@ async fn sagas_agree_with_orders(pool: &PgPool) -> anyhow::Result<Check> {
 async fn outboxes_drained(pool: &PgPool, figures: &mut Figures) -> anyhow::Result<Check> {
     let mut backlog = 0;
     let mut examples = Vec::new();
-    for schema in store::SCHEMAS {
+    for schema in components::all().iter().filter_map(|c| c.schema) {
         let (waiting, oldest): (i64, Option<f64>) = sqlx::query_as(AssertSqlSafe(format!(
             "SELECT count(*), extract(epoch FROM now() - min(created_at))::float8 \
              FROM {schema}.outbox WHERE published_at IS NULL"
@@ -344,7 +344,7 @@ async fn outboxes_drained(pool: &PgPool, figures: &mut Figures) -> anyhow::Resul
 
 async fn duplicates_absorbed(pool: &PgPool) -> anyhow::Result<i64> {
     let mut total = 0;
-    for schema in store::SCHEMAS {
+    for schema in components::all().iter().filter_map(|c| c.schema) {
         let absorbed: i64 = sqlx::query_scalar(AssertSqlSafe(format!(
             "SELECT coalesce(sum(duplicates), 0)::bigint FROM {schema}.inbox"
         )))

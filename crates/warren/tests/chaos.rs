@@ -676,7 +676,7 @@ async fn longest_transaction(system: &System) -> f64 {
 /// Outbox rows (in every schema) that a relay gave up waiting on because nothing was confirmed.
 async fn unconfirmed_rows(system: &System) -> i64 {
     let mut rows = 0;
-    for schema in store::SCHEMAS {
+    for schema in components::all().iter().filter_map(|c| c.schema) {
         let sql = format!(
             "SELECT count(*) FROM {schema}.outbox WHERE last_error LIKE '%did not confirm%'"
         );
