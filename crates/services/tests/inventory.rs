@@ -1,5 +1,6 @@
 //! The inventory service's handler against real PostgreSQL (a fresh migrated database per
-//! test), one transaction per message as the bus would run it.
+//! test), each message delivered through its `store::Transactional` (inbox, one transaction,
+//! outbox) as the consumer runs it.
 
 #![allow(clippy::unwrap_used)] // helpers of a test panic to fail it
 
@@ -10,13 +11,12 @@ use contracts::messages::{
     InventoryRelease, InventoryReleased, InventoryReservationFailed, InventoryReserve,
     InventoryReserved, LineItem, OrderConfirmed, PricedLine, ProductUpsert, ProductUpserted,
 };
-use services::inventory::InventoryHandler;
 use services::inventory::domain::ReservationStatus;
 use services::inventory::queries::{
     ProductView, StockTotals, get_product, get_reservation, stock_totals,
 };
 use sqlx::PgPool;
-use support::{Rng, apply, ask, parked, send};
+use support::{Rng, apply, ask, inventory, parked, send};
 use uuid::Uuid;
 
 fn line(sku: &str, quantity: u32) -> LineItem {
@@ -33,7 +33,7 @@ async fn product(pool: &PgPool, sku: &str, price_cents: i64, available: i64) {
         price_cents,
         available,
     };
-    let upserted: ProductUpserted = ask(pool, &InventoryHandler, &upsert).await;
+    let upserted: ProductUpserted = ask(&inventory(pool), &upsert).await;
     assert_eq!(upserted.available, available);
 }
 
@@ -62,8 +62,7 @@ fn confirmed(order_id: Uuid) -> OrderConfirmed {
 async fn an_upsert_sets_name_price_and_available_and_keeps_held_stock(pool: PgPool) {
     product(&pool, "SKU-1", 1250, 5).await;
     let _: InventoryReserved = ask(
-        &pool,
-        &InventoryHandler,
+        &inventory(&pool),
         &reserve(Uuid::now_v7(), vec![line("SKU-1", 2)]),
     )
     .await;
@@ -74,7 +73,7 @@ async fn an_upsert_sets_name_price_and_available_and_keeps_held_stock(pool: PgPo
         price_cents: 990,
         available: 10,
     };
-    let upserted: ProductUpserted = ask(&pool, &InventoryHandler, &upsert).await;
+    let upserted: ProductUpserted = ask(&inventory(&pool), &upsert).await;
 
     assert_eq!(upserted.name, "Renamed");
     assert_eq!(
@@ -97,10 +96,10 @@ async fn a_reservation_is_priced_by_inventory_and_a_resent_reserve_holds_once(po
     let order_id = Uuid::now_v7();
     let command = reserve(order_id, vec![line("SKU-1", 2), line("SKU-2", 3)]);
 
-    let first: InventoryReserved = ask(&pool, &InventoryHandler, &command).await;
+    let first: InventoryReserved = ask(&inventory(&pool), &command).await;
     // The price changes; a re-send answers with the prices the order was reserved at.
     product(&pool, "SKU-1", 9999, 3).await;
-    let again: InventoryReserved = ask(&pool, &InventoryHandler, &command).await;
+    let again: InventoryReserved = ask(&inventory(&pool), &command).await;
 
     let expected = InventoryReserved {
         order_id,
@@ -133,8 +132,8 @@ async fn a_reservation_with_one_short_line_holds_nothing(pool: PgPool) {
     product(&pool, "SKU-2", 100, 50).await;
     let command = reserve(Uuid::now_v7(), vec![line("SKU-2", 5), line("SKU-1", 3)]);
 
-    let failed: InventoryReservationFailed = ask(&pool, &InventoryHandler, &command).await;
-    let again: InventoryReservationFailed = ask(&pool, &InventoryHandler, &command).await;
+    let failed: InventoryReservationFailed = ask(&inventory(&pool), &command).await;
+    let again: InventoryReservationFailed = ask(&inventory(&pool), &command).await;
 
     assert_eq!(failed.reason, "SKU-1: 3 requested, 2 available");
     assert_eq!(again, failed);
@@ -153,7 +152,7 @@ async fn a_reservation_with_an_unknown_sku_holds_nothing(pool: PgPool) {
     product(&pool, "SKU-1", 100, 10).await;
     let command = reserve(Uuid::now_v7(), vec![line("SKU-1", 1), line("SKU-9", 1)]);
 
-    let failed: InventoryReservationFailed = ask(&pool, &InventoryHandler, &command).await;
+    let failed: InventoryReservationFailed = ask(&inventory(&pool), &command).await;
 
     assert_eq!(failed.reason, "unknown SKU SKU-9");
     assert_eq!(stock(&pool, "SKU-1").await, (10, 0, 0));
@@ -166,11 +165,9 @@ async fn a_release_before_reserve_leaves_a_tombstone_and_the_late_reserve_holds_
     product(&pool, "SKU-1", 100, 10).await;
     let order_id = Uuid::now_v7();
 
-    let released: InventoryReleased =
-        ask(&pool, &InventoryHandler, &InventoryRelease { order_id }).await;
+    let released: InventoryReleased = ask(&inventory(&pool), &InventoryRelease { order_id }).await;
     let late: InventoryReservationFailed = ask(
-        &pool,
-        &InventoryHandler,
+        &inventory(&pool),
         &reserve(order_id, vec![line("SKU-1", 4)]),
     )
     .await;
@@ -187,16 +184,16 @@ async fn a_release_returns_held_stock_once(pool: PgPool) {
     product(&pool, "SKU-1", 100, 10).await;
     let order_id = Uuid::now_v7();
     let command = reserve(order_id, vec![line("SKU-1", 4)]);
-    let _: InventoryReserved = ask(&pool, &InventoryHandler, &command).await;
+    let _: InventoryReserved = ask(&inventory(&pool), &command).await;
     assert_eq!(stock(&pool, "SKU-1").await, (6, 4, 0));
 
     for _ in 0..3 {
         let released: InventoryReleased =
-            ask(&pool, &InventoryHandler, &InventoryRelease { order_id }).await;
+            ask(&inventory(&pool), &InventoryRelease { order_id }).await;
         assert_eq!(released.order_id, order_id);
         assert_eq!(stock(&pool, "SKU-1").await, (10, 0, 0));
     }
-    let late: InventoryReservationFailed = ask(&pool, &InventoryHandler, &command).await;
+    let late: InventoryReservationFailed = ask(&inventory(&pool), &command).await;
     assert_eq!(late.reason, "reservation was released");
     assert_eq!(stock(&pool, "SKU-1").await, (10, 0, 0));
 }
@@ -206,13 +203,12 @@ async fn a_release_after_a_failed_reservation_changes_no_stock(pool: PgPool) {
     product(&pool, "SKU-1", 100, 1).await;
     let order_id = Uuid::now_v7();
     let _: InventoryReservationFailed = ask(
-        &pool,
-        &InventoryHandler,
+        &inventory(&pool),
         &reserve(order_id, vec![line("SKU-1", 2)]),
     )
     .await;
 
-    let _: InventoryReleased = ask(&pool, &InventoryHandler, &InventoryRelease { order_id }).await;
+    let _: InventoryReleased = ask(&inventory(&pool), &InventoryRelease { order_id }).await;
 
     assert_eq!(stock(&pool, "SKU-1").await, (1, 0, 0));
     let reservation = get_reservation(&pool, order_id).await.unwrap().unwrap();
@@ -224,22 +220,17 @@ async fn a_confirmed_order_sells_its_held_stock_once(pool: PgPool) {
     product(&pool, "SKU-1", 100, 10).await;
     let order_id = Uuid::now_v7();
     let command = reserve(order_id, vec![line("SKU-1", 4)]);
-    let reserved: InventoryReserved = ask(&pool, &InventoryHandler, &command).await;
+    let reserved: InventoryReserved = ask(&inventory(&pool), &command).await;
 
     for _ in 0..2 {
-        let replies = apply(&pool, &InventoryHandler, &send(&confirmed(order_id)))
+        let replies = apply(&inventory(&pool), &send(&confirmed(order_id)))
             .await
             .unwrap();
         assert!(replies.is_empty(), "{replies:?}");
         assert_eq!(stock(&pool, "SKU-1").await, (6, 0, 4));
     }
-    let again: InventoryReserved = ask(&pool, &InventoryHandler, &command).await;
-    let reason = parked(
-        &pool,
-        &InventoryHandler,
-        &send(&InventoryRelease { order_id }),
-    )
-    .await;
+    let again: InventoryReserved = ask(&inventory(&pool), &command).await;
+    let reason = parked(&inventory(&pool), &send(&InventoryRelease { order_id })).await;
 
     assert_eq!(again, reserved);
     assert!(reason.contains("confirmed order"), "{reason}");
@@ -253,20 +244,15 @@ async fn a_confirmation_without_a_standing_reservation_changes_nothing(pool: PgP
     product(&pool, "SKU-1", 100, 10).await;
     let released = Uuid::now_v7();
     let _: InventoryReserved = ask(
-        &pool,
-        &InventoryHandler,
+        &inventory(&pool),
         &reserve(released, vec![line("SKU-1", 4)]),
     )
     .await;
-    let _: InventoryReleased = ask(
-        &pool,
-        &InventoryHandler,
-        &InventoryRelease { order_id: released },
-    )
-    .await;
+    let _: InventoryReleased =
+        ask(&inventory(&pool), &InventoryRelease { order_id: released }).await;
 
     for order_id in [released, Uuid::now_v7()] {
-        let replies = apply(&pool, &InventoryHandler, &send(&confirmed(order_id)))
+        let replies = apply(&inventory(&pool), &send(&confirmed(order_id)))
             .await
             .unwrap();
         assert!(replies.is_empty());
@@ -285,7 +271,7 @@ async fn a_negative_stock_is_parked_by_the_database(pool: PgPool) {
         price_cents: 100,
         available: -1,
     });
-    let outcome = apply(&pool, &InventoryHandler, &upsert).await;
+    let outcome = apply(&inventory(&pool), &upsert).await;
     assert!(
         matches!(outcome, Err(HandlerError::Permanent(_))),
         "{outcome:?}"
@@ -305,7 +291,7 @@ async fn concurrent_reserves_releases_and_sales_conserve_stock(pool: PgPool) {
 
     let mut tasks = Vec::new();
     for n in 0..ORDERS {
-        let pool = pool.clone();
+        let inventory = inventory(&pool);
         tasks.push(tokio::spawn(async move {
             let mut rng = Rng::new(n);
             let order_id = Uuid::now_v7();
@@ -323,11 +309,11 @@ async fn concurrent_reserves_releases_and_sales_conserve_stock(pool: PgPool) {
             let release = send(&InventoryRelease { order_id });
             let releases_early = rng.chance(15);
             let (first, second, early) = tokio::join!(
-                apply(&pool, &InventoryHandler, &command),
-                apply(&pool, &InventoryHandler, &resent),
+                apply(&inventory, &command),
+                apply(&inventory, &resent),
                 async {
                     if releases_early {
-                        Some(apply(&pool, &InventoryHandler, &release).await.unwrap())
+                        Some(apply(&inventory, &release).await.unwrap())
                     } else {
                         None
                     }
@@ -342,10 +328,10 @@ async fn concurrent_reserves_releases_and_sales_conserve_stock(pool: PgPool) {
             }
             match rng.below(3) {
                 0 => {
-                    apply(&pool, &InventoryHandler, &release).await.unwrap();
+                    apply(&inventory, &release).await.unwrap();
                 }
                 1 => {
-                    apply(&pool, &InventoryHandler, &send(&confirmed(order_id)))
+                    apply(&inventory, &send(&confirmed(order_id)))
                         .await
                         .unwrap();
                 }

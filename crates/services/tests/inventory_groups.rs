@@ -14,7 +14,7 @@ use contracts::messages::{
 use grouping::{Tables, compare, ids, one_by_one, racing, sent, types};
 use services::inventory::InventoryHandler;
 use sqlx::PgPool;
-use support::{Rng, apply, ask};
+use support::{Rng, apply, ask, inventory};
 use uuid::Uuid;
 
 const TABLES: Tables = &[
@@ -33,7 +33,7 @@ async fn product(pool: &PgPool, sku: &str, price_cents: i64, available: i64) {
         price_cents,
         available,
     };
-    let _: ProductUpserted = ask(pool, &InventoryHandler, &upsert).await;
+    let _: ProductUpserted = ask(&inventory(pool), &upsert).await;
 }
 
 fn reserve(order_id: Uuid, items: &[(&str, u32)]) -> Envelope {
@@ -238,7 +238,7 @@ async fn a_reservation_stored_meanwhile_fails_the_group_as_transient(pool: PgPoo
         "{result:?}"
     );
     // Alone, the command answers from what the other transaction stored.
-    let replies = apply(&pool, &InventoryHandler, &command).await.unwrap();
+    let replies = apply(&inventory(&pool), &command).await.unwrap();
     assert_eq!(replies[0].payload["lines"][0]["quantity"], 1);
     let b_stored: i64 =
         sqlx::query_scalar("SELECT count(*) FROM inventory.reservations WHERE order_id = $1")

@@ -1,5 +1,6 @@
 //! The order service's handler against real PostgreSQL (a fresh migrated database per test),
-//! one transaction per message as the bus would run it.
+//! each message delivered through its `store::Transactional` (inbox, one transaction, outbox)
+//! as the consumer runs it.
 
 #![allow(clippy::unwrap_used)] // helpers of a test panic to fail it
 
@@ -11,11 +12,11 @@ use contracts::messages::{
     OrderRejected,
 };
 use serde_json::json;
+use services::order;
 use services::order::domain::OrderStatus;
 use services::order::queries::{OrderView, get_order};
-use services::order::{self, OrderHandler};
 use sqlx::PgPool;
-use support::{apply, ask, only, parked, send};
+use support::{apply, ask, only, orders, parked, send};
 use uuid::Uuid;
 
 fn line(sku: &str, quantity: u32) -> LineItem {
@@ -52,8 +53,8 @@ async fn a_new_order_is_pending_and_a_resent_create_answers_the_same(pool: PgPoo
     let order_id = Uuid::now_v7();
     let command = create(order_id);
 
-    let first: OrderCreated = ask(&pool, &OrderHandler, &command).await;
-    let again: OrderCreated = ask(&pool, &OrderHandler, &command).await;
+    let first: OrderCreated = ask(&orders(&pool), &command).await;
+    let again: OrderCreated = ask(&orders(&pool), &command).await;
 
     let expected = OrderCreated {
         order_id,
@@ -83,7 +84,7 @@ async fn a_reply_carries_the_saga_id_and_its_cause(pool: PgPool) {
         .with_correlation(saga_id)
         .with_traceparent("00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01");
 
-    let replies = apply(&pool, &OrderHandler, &command).await.unwrap();
+    let replies = apply(&orders(&pool), &command).await.unwrap();
 
     assert_eq!(replies[0].correlation_id, Some(saga_id));
     assert_eq!(replies[0].causation_id, Some(command.message_id));
@@ -109,7 +110,7 @@ async fn an_invalid_order_is_rejected_and_nothing_is_stored(pool: PgPool) {
             items,
             ..create(order_id)
         };
-        let rejected: OrderRejected = ask(&pool, &OrderHandler, &command).await;
+        let rejected: OrderRejected = ask(&orders(&pool), &command).await;
         assert_eq!(rejected.reason, reason);
     }
     assert_eq!(rows(&pool).await, 0);
@@ -119,10 +120,9 @@ async fn an_invalid_order_is_rejected_and_nothing_is_stored(pool: PgPool) {
 async fn a_cancel_before_create_leaves_a_tombstone_and_the_late_create_is_rejected(pool: PgPool) {
     let order_id = Uuid::now_v7();
 
-    let cancelled: OrderCancelled =
-        ask(&pool, &OrderHandler, &cancel(order_id, "saga timed out")).await;
-    let late: OrderRejected = ask(&pool, &OrderHandler, &create(order_id)).await;
-    let again: OrderCancelled = ask(&pool, &OrderHandler, &cancel(order_id, "again")).await;
+    let cancelled: OrderCancelled = ask(&orders(&pool), &cancel(order_id, "saga timed out")).await;
+    let late: OrderRejected = ask(&orders(&pool), &create(order_id)).await;
+    let again: OrderCancelled = ask(&orders(&pool), &cancel(order_id, "again")).await;
 
     assert_eq!(
         cancelled,
@@ -148,17 +148,16 @@ async fn a_cancel_before_create_leaves_a_tombstone_and_the_late_create_is_reject
 #[sqlx::test(migrations = "../../migrations")]
 async fn a_cancelled_order_stays_cancelled(pool: PgPool) {
     let order_id = Uuid::now_v7();
-    let _: OrderCreated = ask(&pool, &OrderHandler, &create(order_id)).await;
+    let _: OrderCreated = ask(&orders(&pool), &create(order_id)).await;
 
-    let cancelled: OrderCancelled =
-        ask(&pool, &OrderHandler, &cancel(order_id, "out of stock")).await;
-    let again: OrderCancelled = ask(&pool, &OrderHandler, &cancel(order_id, "again")).await;
-    let recreated: OrderRejected = ask(&pool, &OrderHandler, &create(order_id)).await;
+    let cancelled: OrderCancelled = ask(&orders(&pool), &cancel(order_id, "out of stock")).await;
+    let again: OrderCancelled = ask(&orders(&pool), &cancel(order_id, "again")).await;
+    let recreated: OrderRejected = ask(&orders(&pool), &create(order_id)).await;
     let confirm = send(&OrderConfirm {
         order_id,
         total_cents: 100,
     });
-    let reason = parked(&pool, &OrderHandler, &confirm).await;
+    let reason = parked(&orders(&pool), &confirm).await;
 
     assert_eq!(
         cancelled,
@@ -182,15 +181,15 @@ async fn a_cancelled_order_stays_cancelled(pool: PgPool) {
 #[sqlx::test(migrations = "../../migrations")]
 async fn confirm_after_confirm_answers_with_the_first_total(pool: PgPool) {
     let order_id = Uuid::now_v7();
-    let _: OrderCreated = ask(&pool, &OrderHandler, &create(order_id)).await;
+    let _: OrderCreated = ask(&orders(&pool), &create(order_id)).await;
 
     let confirm = |total_cents| OrderConfirm {
         order_id,
         total_cents,
     };
-    let first: OrderConfirmed = ask(&pool, &OrderHandler, &confirm(2500)).await;
-    let again: OrderConfirmed = ask(&pool, &OrderHandler, &confirm(9999)).await;
-    let created_again: OrderCreated = ask(&pool, &OrderHandler, &create(order_id)).await;
+    let first: OrderConfirmed = ask(&orders(&pool), &confirm(2500)).await;
+    let again: OrderConfirmed = ask(&orders(&pool), &confirm(9999)).await;
+    let created_again: OrderCreated = ask(&orders(&pool), &create(order_id)).await;
 
     let expected = OrderConfirmed {
         order_id,
@@ -208,10 +207,9 @@ async fn confirm_after_confirm_answers_with_the_first_total(pool: PgPool) {
 #[sqlx::test(migrations = "../../migrations")]
 async fn cancelling_a_confirmed_order_is_parked_and_changes_nothing(pool: PgPool) {
     let order_id = Uuid::now_v7();
-    let _: OrderCreated = ask(&pool, &OrderHandler, &create(order_id)).await;
+    let _: OrderCreated = ask(&orders(&pool), &create(order_id)).await;
     let _: OrderConfirmed = ask(
-        &pool,
-        &OrderHandler,
+        &orders(&pool),
         &OrderConfirm {
             order_id,
             total_cents: 2500,
@@ -219,7 +217,7 @@ async fn cancelling_a_confirmed_order_is_parked_and_changes_nothing(pool: PgPool
     )
     .await;
 
-    let reason = parked(&pool, &OrderHandler, &send(&cancel(order_id, "late"))).await;
+    let reason = parked(&orders(&pool), &send(&cancel(order_id, "late"))).await;
 
     assert!(
         reason.contains("cannot cancel a confirmed order"),
@@ -235,7 +233,7 @@ async fn confirming_an_order_that_does_not_exist_is_parked(pool: PgPool) {
         order_id: Uuid::now_v7(),
         total_cents: 100,
     });
-    let reason = parked(&pool, &OrderHandler, &confirm).await;
+    let reason = parked(&orders(&pool), &confirm).await;
     assert!(reason.contains("does not exist"), "{reason}");
     assert_eq!(rows(&pool).await, 0);
 }
@@ -249,8 +247,8 @@ async fn other_services_messages_and_undecodable_payloads_are_parked(pool: PgPoo
     );
     let garbled = Envelope::raw("test", "order.cmd.create", json!({"order_id": "nope"}));
 
-    let foreign_reason = parked(&pool, &OrderHandler, &foreign).await;
-    let garbled_reason = parked(&pool, &OrderHandler, &garbled).await;
+    let foreign_reason = parked(&orders(&pool), &foreign).await;
+    let garbled_reason = parked(&orders(&pool), &garbled).await;
 
     assert!(
         foreign_reason.contains("payment.cmd.refund"),
@@ -266,20 +264,21 @@ async fn other_services_messages_and_undecodable_payloads_are_parked(pool: PgPoo
 async fn concurrent_creates_and_a_cancel_of_one_order_agree(pool: PgPool) {
     const ORDERS: usize = 30;
     const CREATES: usize = 3;
+    let orders = orders(&pool);
     let mut tasks = Vec::new();
     let mut order_ids = Vec::new();
     for _ in 0..ORDERS {
         let order_id = Uuid::now_v7();
         order_ids.push(order_id);
         for n in 0..=CREATES {
-            let pool = pool.clone();
+            let orders = orders.clone();
             tasks.push(tokio::spawn(async move {
                 let message = if n == 0 {
                     send(&cancel(order_id, "raced"))
                 } else {
                     send(&create(order_id))
                 };
-                apply(&pool, &OrderHandler, &message).await.unwrap()
+                apply(&orders, &message).await.unwrap()
             }));
         }
     }

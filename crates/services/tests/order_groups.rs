@@ -12,7 +12,7 @@ use contracts::messages::{LineItem, OrderCancel, OrderConfirm, OrderCreate};
 use grouping::{Tables, compare, ids, one_by_one, racing, sent, types};
 use services::order::OrderHandler;
 use sqlx::PgPool;
-use support::{Rng, apply};
+use support::{Rng, apply, orders};
 use uuid::Uuid;
 
 const TABLES: Tables = &[("orders.orders", "order_id")];
@@ -143,7 +143,7 @@ async fn an_order_stored_meanwhile_fails_the_group_as_transient(pool: PgPool) {
         "{result:?}"
     );
     // Alone, the command answers from what the other transaction stored.
-    let replies = apply(&pool, &OrderHandler, &command).await.unwrap();
+    let replies = apply(&orders(&pool), &command).await.unwrap();
     assert_eq!(replies[0].payload["items"][0]["quantity"], 1);
     let rows: i64 = sqlx::query_scalar("SELECT count(*) FROM orders.orders")
         .fetch_one(&pool)

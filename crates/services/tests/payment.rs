@@ -1,21 +1,23 @@
 //! The payment service's handler against real PostgreSQL (a fresh migrated database per test),
-//! one transaction per message as the bus would run it.
+//! each message delivered through its `store::Transactional` (inbox, one transaction, outbox)
+//! as the consumer runs it.
 
 #![allow(clippy::unwrap_used)] // helpers of a test panic to fail it
 
 mod support;
 
+use contracts::Envelope;
 use contracts::messages::{
     AccountBalanceSet, AccountSetBalance, PaymentCharge, PaymentCharged, PaymentDeclined,
     PaymentRefund, PaymentRefunded,
 };
-use services::payment::PaymentHandler;
+use services::payment;
 use services::payment::domain::ChargeStatus;
 use services::payment::queries::{
     AccountView, MoneyTotals, charges_for, get_account, money_totals,
 };
 use sqlx::PgPool;
-use support::{Rng, apply, ask, parked, send};
+use support::{Rng, apply, ask, duplicates, parked, payments, send};
 use uuid::Uuid;
 
 async fn account(pool: &PgPool, customer_id: &str, balance_cents: i64) {
@@ -23,7 +25,7 @@ async fn account(pool: &PgPool, customer_id: &str, balance_cents: i64) {
         customer_id: customer_id.into(),
         balance_cents,
     };
-    let _: AccountBalanceSet = ask(pool, &PaymentHandler::default(), &set).await;
+    let _: AccountBalanceSet = ask(&payments(pool), &set).await;
 }
 
 async fn balance(pool: &PgPool, customer_id: &str) -> i64 {
@@ -48,7 +50,7 @@ async fn set_balance_creates_and_replaces_an_account(pool: PgPool) {
         customer_id: "c-1".into(),
         balance_cents: 5000,
     };
-    let first: AccountBalanceSet = ask(&pool, &PaymentHandler::default(), &set).await;
+    let first: AccountBalanceSet = ask(&payments(&pool), &set).await;
     account(&pool, "c-1", 7000).await;
 
     assert_eq!(first.balance_cents, 5000);
@@ -62,14 +64,48 @@ async fn set_balance_creates_and_replaces_an_account(pool: PgPool) {
     assert_eq!(get_account(&pool, "c-2").await.unwrap(), None);
 }
 
+/// The inbox dedupes by message id alone: the same delivery again (a broker redelivers what
+/// it saw no ack for) reaches no handler, while the same command under a new id does. Setting a
+/// balance is not idempotent by its business key, so only the inbox keeps the redelivery out.
+#[sqlx::test(migrations = "../../migrations")]
+async fn a_redelivery_is_absorbed_by_the_inbox_and_a_resend_is_not(pool: PgPool) {
+    let payments = payments(&pool);
+    let first = send(&AccountSetBalance {
+        customer_id: "c-1".into(),
+        balance_cents: 5000,
+    });
+    let replies = apply(&payments, &first).await.unwrap();
+    account(&pool, "c-1", 7000).await;
+
+    let redelivered = apply(&payments, &first).await.unwrap();
+    assert!(redelivered.is_empty(), "{redelivered:?}");
+    assert_eq!(
+        balance(&pool, "c-1").await,
+        7000,
+        "the redelivery changed nothing"
+    );
+    assert_eq!(
+        duplicates(&payments, payment::CONSUMER, first.message_id).await,
+        1
+    );
+
+    let resent = Envelope {
+        message_id: Uuid::now_v7(),
+        ..first.clone()
+    };
+    let again = apply(&payments, &resent).await.unwrap();
+    assert_eq!(again[0].payload, replies[0].payload);
+    assert_eq!(balance(&pool, "c-1").await, 5000, "the re-send was applied");
+}
+
 #[sqlx::test(migrations = "../../migrations")]
 async fn a_charge_takes_the_amount_once_however_often_it_is_sent(pool: PgPool) {
     account(&pool, "c-1", 5000).await;
     let order_id = Uuid::now_v7();
     let command = charge(order_id, "c-1", 1250);
 
-    let first: PaymentCharged = ask(&pool, &PaymentHandler::default(), &command).await;
-    let again: PaymentCharged = ask(&pool, &PaymentHandler::default(), &command).await;
+    let first: PaymentCharged = ask(&payments(&pool), &command).await;
+    let again: PaymentCharged = ask(&payments(&pool), &command).await;
 
     let expected = PaymentCharged {
         order_id,
@@ -90,10 +126,10 @@ async fn a_charge_above_the_balance_is_declined_and_takes_nothing(pool: PgPool) 
     account(&pool, "c-1", 1000).await;
     let command = charge(Uuid::now_v7(), "c-1", 1001);
 
-    let declined: PaymentDeclined = ask(&pool, &PaymentHandler::default(), &command).await;
+    let declined: PaymentDeclined = ask(&payments(&pool), &command).await;
     // The balance grows meanwhile; a re-send still answers as the charge was decided.
     account(&pool, "c-1", 9000).await;
-    let again: PaymentDeclined = ask(&pool, &PaymentHandler::default(), &command).await;
+    let again: PaymentDeclined = ask(&payments(&pool), &command).await;
 
     assert_eq!(
         declined.reason,
@@ -107,12 +143,7 @@ async fn a_charge_above_the_balance_is_declined_and_takes_nothing(pool: PgPool) 
 
 #[sqlx::test(migrations = "../../migrations")]
 async fn a_charge_for_an_unknown_customer_is_declined(pool: PgPool) {
-    let declined: PaymentDeclined = ask(
-        &pool,
-        &PaymentHandler::default(),
-        &charge(Uuid::now_v7(), "c-9", 1),
-    )
-    .await;
+    let declined: PaymentDeclined = ask(&payments(&pool), &charge(Uuid::now_v7(), "c-9", 1)).await;
     assert_eq!(declined.reason, "unknown customer c-9");
     assert_eq!(get_account(&pool, "c-9").await.unwrap(), None);
 }
@@ -122,18 +153,8 @@ async fn a_refund_before_the_charge_voids_it_and_the_late_charge_is_declined(poo
     account(&pool, "c-1", 5000).await;
     let order_id = Uuid::now_v7();
 
-    let refunded: PaymentRefunded = ask(
-        &pool,
-        &PaymentHandler::default(),
-        &PaymentRefund { order_id },
-    )
-    .await;
-    let late: PaymentDeclined = ask(
-        &pool,
-        &PaymentHandler::default(),
-        &charge(order_id, "c-1", 1250),
-    )
-    .await;
+    let refunded: PaymentRefunded = ask(&payments(&pool), &PaymentRefund { order_id }).await;
+    let late: PaymentDeclined = ask(&payments(&pool), &charge(order_id, "c-1", 1250)).await;
 
     assert_eq!(
         refunded,
@@ -153,31 +174,11 @@ async fn a_refund_before_the_charge_voids_it_and_the_late_charge_is_declined(poo
 async fn a_double_refund_pays_back_once(pool: PgPool) {
     account(&pool, "c-1", 5000).await;
     let order_id = Uuid::now_v7();
-    let _: PaymentCharged = ask(
-        &pool,
-        &PaymentHandler::default(),
-        &charge(order_id, "c-1", 1250),
-    )
-    .await;
+    let _: PaymentCharged = ask(&payments(&pool), &charge(order_id, "c-1", 1250)).await;
 
-    let first: PaymentRefunded = ask(
-        &pool,
-        &PaymentHandler::default(),
-        &PaymentRefund { order_id },
-    )
-    .await;
-    let again: PaymentRefunded = ask(
-        &pool,
-        &PaymentHandler::default(),
-        &PaymentRefund { order_id },
-    )
-    .await;
-    let recharged: PaymentDeclined = ask(
-        &pool,
-        &PaymentHandler::default(),
-        &charge(order_id, "c-1", 1250),
-    )
-    .await;
+    let first: PaymentRefunded = ask(&payments(&pool), &PaymentRefund { order_id }).await;
+    let again: PaymentRefunded = ask(&payments(&pool), &PaymentRefund { order_id }).await;
+    let recharged: PaymentDeclined = ask(&payments(&pool), &charge(order_id, "c-1", 1250)).await;
 
     assert_eq!(first.amount_cents, 1250);
     assert_eq!(again.amount_cents, 1250, "answers with what was refunded");
@@ -197,19 +198,9 @@ async fn a_double_refund_pays_back_once(pool: PgPool) {
 async fn refunding_a_declined_charge_pays_back_nothing(pool: PgPool) {
     account(&pool, "c-1", 100).await;
     let order_id = Uuid::now_v7();
-    let _: PaymentDeclined = ask(
-        &pool,
-        &PaymentHandler::default(),
-        &charge(order_id, "c-1", 1250),
-    )
-    .await;
+    let _: PaymentDeclined = ask(&payments(&pool), &charge(order_id, "c-1", 1250)).await;
 
-    let refunded: PaymentRefunded = ask(
-        &pool,
-        &PaymentHandler::default(),
-        &PaymentRefund { order_id },
-    )
-    .await;
+    let refunded: PaymentRefunded = ask(&payments(&pool), &PaymentRefund { order_id }).await;
 
     assert_eq!(refunded.amount_cents, 0);
     assert_eq!(balance(&pool, "c-1").await, 100);
@@ -221,8 +212,7 @@ async fn refunding_a_declined_charge_pays_back_nothing(pool: PgPool) {
 async fn a_negative_charge_is_parked(pool: PgPool) {
     account(&pool, "c-1", 100).await;
     let reason = parked(
-        &pool,
-        &PaymentHandler::default(),
+        &payments(&pool),
         &send(&charge(Uuid::now_v7(), "c-1", -500)),
     )
     .await;
@@ -253,22 +243,15 @@ async fn concurrent_charges_and_refunds_conserve_money(pool: PgPool) {
             let (once, twice) = (send(&command), send(&command));
             let refund = send(&PaymentRefund { order_id });
             let refunds_early = rng.chance(15);
-            let handler = PaymentHandler::default();
-            let (first, second, early) = tokio::join!(
-                apply(&pool, &handler, &once),
-                apply(&pool, &handler, &twice),
-                async {
+            let payments = payments(&pool);
+            let (first, second, early) =
+                tokio::join!(apply(&payments, &once), apply(&payments, &twice), async {
                     if refunds_early {
-                        Some(
-                            apply(&pool, &PaymentHandler::default(), &refund)
-                                .await
-                                .unwrap(),
-                        )
+                        Some(apply(&payments, &refund).await.unwrap())
                     } else {
                         None
                     }
-                }
-            );
+                });
             let (first, second) = (first.unwrap(), second.unwrap());
             if early.is_none() {
                 assert_eq!(
@@ -277,9 +260,7 @@ async fn concurrent_charges_and_refunds_conserve_money(pool: PgPool) {
                 );
             }
             for _ in 0..rng.below(3) {
-                apply(&pool, &PaymentHandler::default(), &refund)
-                    .await
-                    .unwrap();
+                apply(&payments, &refund).await.unwrap();
             }
         }));
     }

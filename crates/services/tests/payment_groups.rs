@@ -12,7 +12,7 @@ use contracts::messages::{AccountBalanceSet, AccountSetBalance, PaymentCharge, P
 use grouping::{Tables, compare, ids, one_by_one, racing, sent, types};
 use services::payment::PaymentHandler;
 use sqlx::PgPool;
-use support::{Rng, apply, ask};
+use support::{Rng, apply, ask, payments};
 use uuid::Uuid;
 
 const TABLES: Tables = &[
@@ -29,7 +29,7 @@ async fn account(pool: &PgPool, customer_id: &str, balance_cents: i64) {
         customer_id: customer_id.into(),
         balance_cents,
     };
-    let _: AccountBalanceSet = ask(pool, &PaymentHandler::default(), &set).await;
+    let _: AccountBalanceSet = ask(&payments(pool), &set).await;
 }
 
 fn charge(order_id: Uuid, customer_id: &str, amount_cents: i64) -> Envelope {
@@ -191,7 +191,7 @@ async fn a_charge_stored_meanwhile_fails_the_group_as_transient(pool: PgPool) {
         "{result:?}"
     );
     // Alone, the command answers from what the other transaction stored.
-    let replies = apply(&pool, &handler, &command).await.unwrap();
+    let replies = apply(&payments(&pool), &command).await.unwrap();
     assert_eq!(replies[0].payload["amount_cents"], 1000);
     let balance: i64 =
         sqlx::query_scalar("SELECT balance_cents FROM payments.accounts WHERE customer_id = 'c-1'")
