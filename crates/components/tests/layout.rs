@@ -145,7 +145,7 @@ fn the_definitions_file_matches_the_code() {
         assert!(
             missing.is_empty() && extra.is_empty(),
             "rabbitmq/definitions.json {section} differ from the code (regenerate with \
-             `warren topology export --into rabbitmq/definitions.json`)\n\
+             `scripts/generate.sh`, which runs `warren topology export --into rabbitmq/definitions.json`)\n\
              missing from the file: {missing:#?}\nonly in the file: {extra:#?}"
         );
         assert_eq!(
@@ -162,7 +162,7 @@ fn the_components_table_is_current() {
         file("deploy/components.tsv"),
         components::table(),
         "deploy/components.tsv differs from the components' declarations (regenerate with \
-         `warren components > deploy/components.tsv`)"
+         `scripts/generate.sh`, which runs `warren components > deploy/components.tsv`)"
     );
 }
 
@@ -177,6 +177,10 @@ fn docker_compose_runs_every_component_as_its_own_user_and_role() {
             format!("WARREN_DATABASE_URL: postgres://{role}@postgres:5432/warren"),
             format!("- {{ source: {user}, target: amqp-password }}"),
             format!("- {{ source: {role}, target: db-password }}"),
+            format!("  {user}: {{ file: .warren/compose-secrets/rabbitmq/{user} }}"),
+            format!("  {role}: {{ file: .warren/compose-secrets/postgres/{role} }}"),
+            format!("      - {user}\n"),
+            format!("      - {role}\n"),
         ] {
             assert!(
                 compose.contains(&expected),

@@ -214,7 +214,7 @@ mod tests {
             assert_eq!(
                 file[section], generated[section],
                 "rabbitmq/definitions.json {section} differ from the code (regenerate with \
-                 `warren topology export --into rabbitmq/definitions.json`)"
+                 `scripts/generate.sh`, which runs `warren topology export`)"
             );
         }
         // No secret in the file: users get their passwords from files at deployment.
