@@ -13,7 +13,7 @@ use jsonwebtoken::{Algorithm, EncodingKey, Header};
 use serde_json::json;
 use sha2::{Digest, Sha256};
 
-use crate::settings::Settings;
+use crate::settings::JwtSettings;
 
 #[derive(Debug, Subcommand)]
 pub enum AuthCommand {
@@ -32,6 +32,8 @@ pub enum AuthCommand {
         /// `WARREN_JWT_KEY_FILE`.
         #[arg(long)]
         private_key: Option<PathBuf>,
+        #[command(flatten)]
+        jwt: JwtSettings,
     },
     /// Make a random API key; prints it once, and the line for the keys file.
     ApiKey {
@@ -44,15 +46,16 @@ pub enum AuthCommand {
     },
 }
 
-pub fn execute(settings: &Settings, command: AuthCommand) -> anyhow::Result<()> {
+pub fn execute(command: AuthCommand) -> anyhow::Result<()> {
     match command {
         AuthCommand::Token {
             subject,
             scope,
             ttl,
             private_key,
+            jwt,
         } => {
-            println!("{}", token(settings, &subject, &scope, ttl, private_key)?);
+            println!("{}", token(&jwt, &subject, &scope, ttl, private_key)?);
         }
         AuthCommand::ApiKey { name, scope } => {
             let scopes = scopes(&scope)?;
@@ -74,17 +77,17 @@ pub fn execute(settings: &Settings, command: AuthCommand) -> anyhow::Result<()> 
 
 /// A signed token for `subject` with `scope`, valid for `ttl`.
 pub fn token(
-    settings: &Settings,
+    settings: &JwtSettings,
     subject: &str,
     scope: &str,
     ttl: Duration,
     private_key: Option<PathBuf>,
 ) -> anyhow::Result<String> {
-    let algorithm = settings.jwt_algorithm()?;
+    let algorithm = settings.algorithm()?;
     let key = match (algorithm, private_key) {
         (Algorithm::HS256 | Algorithm::HS384 | Algorithm::HS512, _) => {
             let path = settings
-                .jwt_key_file
+                .key_file
                 .as_ref()
                 .context("HS* tokens are signed with WARREN_JWT_KEY_FILE, which is not set")?;
             let secret = std::fs::read(path)
@@ -106,8 +109,8 @@ pub fn token(
     let claims = json!({
         "sub": subject,
         "scope": scopes(scope)?.join(" "),
-        "iss": settings.jwt_issuer,
-        "aud": settings.jwt_audience,
+        "iss": settings.issuer,
+        "aud": settings.audience,
         "iat": now,
         "exp": now + ttl.as_secs(),
     });

@@ -4,7 +4,6 @@
 //! - [`telemetry`]: logging and metrics set-up.
 //! - [`ops`]: `/metrics`, `/healthz` and `/readyz` of processes without the gateway.
 //! - [`run`]: the long-running components and their shutdown.
-//! - [`queries`]: the participants' read handlers.
 //! - [`topology`]: applying and exporting the broker layout.
 //! - [`saga_cli`]: `warren saga ...`, seeing, replaying and repairing sagas.
 //! - [`dlq`]: `warren dlq ...`, parked messages.
@@ -151,7 +150,7 @@ async fn cli_main() -> std::process::ExitCode {
             Ok(std::process::ExitCode::SUCCESS)
         }
         Command::Auth(command) => {
-            auth_cli::execute(&cli.settings, command).map(|()| std::process::ExitCode::SUCCESS)
+            auth_cli::execute(command).map(|()| std::process::ExitCode::SUCCESS)
         }
     };
     outcome.unwrap_or_else(|error| {
@@ -177,4 +176,49 @@ async fn migrate(settings: &Settings) -> anyhow::Result<std::process::ExitCode> 
     store::migrate(&pool).await.context("applying migrations")?;
     println!("migrations applied");
     Ok(std::process::ExitCode::SUCCESS)
+}
+
+#[cfg(test)]
+mod tests {
+    use clap::Parser;
+
+    use super::Cli;
+
+    #[test]
+    fn a_subcommand_takes_only_its_own_settings() {
+        let run = Cli::try_parse_from(["warren", "run", "order", "--prefetch", "8"]);
+        assert!(run.is_ok(), "{run:?}");
+        for others in [
+            vec!["warren", "bench", "--prefetch", "8"],
+            vec!["warren", "dlq", "list", "--image-upload-limit", "1"],
+            vec!["warren", "migrate", "--sweep-interval-ms", "5"],
+            vec![
+                "warren",
+                "auth",
+                "api-key",
+                "--name",
+                "n",
+                "--scope",
+                "ui",
+                "--jwt-issuer",
+                "x",
+            ],
+        ] {
+            let parsed = Cli::try_parse_from(&others);
+            assert!(parsed.is_err(), "{others:?} was taken");
+        }
+        let token = [
+            "warren",
+            "auth",
+            "token",
+            "--subject",
+            "c-1",
+            "--jwt-issuer",
+            "x",
+        ];
+        assert!(Cli::try_parse_from(token).is_ok());
+        // The connection settings reach every subcommand that talks to the servers.
+        let dlq = Cli::try_parse_from(["warren", "dlq", "list", "--amqp-url", "amqp://h/v"]);
+        assert_eq!(dlq.unwrap().settings.amqp_url, "amqp://h/v");
+    }
 }

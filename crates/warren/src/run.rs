@@ -24,7 +24,7 @@ use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 use tracing::{error, info, warn};
 
-use crate::settings::Settings;
+use crate::settings::{RunSettings, Settings};
 
 #[derive(Debug, Args)]
 pub struct RunArgs {
@@ -36,6 +36,8 @@ pub struct RunArgs {
     /// production).
     #[arg(long, env = "WARREN_ALLOW_CHAOS")]
     allow_chaos: bool,
+    #[command(flatten)]
+    settings: RunSettings,
 }
 
 impl RunArgs {
@@ -105,6 +107,7 @@ const ORCHESTRATOR_GROUPS: usize = 4;
 /// the gateway and the orchestrator take besides.
 struct Components {
     settings: Settings,
+    run: RunSettings,
     host: Host,
     metrics: PrometheusHandle,
 }
@@ -147,7 +150,7 @@ impl Components {
         self.host
             .answer(tasks, &component, SagaQueries::new(self.host.pool.clone()))?;
         let token = self.host.shutdown.clone();
-        let interval = Duration::from_millis(self.settings.sweep_interval_ms);
+        let interval = Duration::from_millis(self.run.sweep_interval_ms);
         tasks.spawn(async move {
             orchestrator::sweeper::run(engine, interval, token).await;
             Ok(())
@@ -162,26 +165,26 @@ impl Components {
             rpc: RpcClient::connect(&self.host.bus).await?,
             events: gateway::LiveEvents::start(&self.host.bus, self.host.shutdown.clone()).await?,
             pool: Some(self.host.pool.clone()),
-            query_timeout: Duration::from_millis(self.settings.query_timeout_ms),
+            query_timeout: Duration::from_millis(self.run.query_timeout_ms),
             images: gateway::ImageSettings {
-                store: images::store::ImageStore::new(&self.settings.image_store),
-                upload_limit: self.settings.image_upload_limit,
+                store: images::store::ImageStore::new(&self.run.image_store),
+                upload_limit: self.run.image_upload_limit,
             },
             metrics: Some(self.metrics.clone()),
-            auth: self.settings.auth()?,
+            auth: self.run.auth()?,
             limits: gateway::Limits::new(
-                self.settings.rate_limit,
-                self.settings.rate_burst,
-                Duration::from_secs(self.settings.request_timeout_secs),
+                self.run.rate_limit,
+                self.run.rate_burst,
+                Duration::from_secs(self.run.request_timeout_secs),
             ),
-            cors: gateway::guard::cors(&self.settings.cors_origins).map_err(anyhow::Error::msg)?,
+            cors: gateway::guard::cors(&self.run.cors_origins).map_err(anyhow::Error::msg)?,
             ui: gateway::UiSettings {
-                management_url: self.settings.management_url.clone(),
+                management_url: self.run.management_url.clone(),
                 vhost: self.settings.vhost(),
                 queues: self.host.topology.consumers.clone(),
             },
         };
-        let addr = self.settings.http_addr;
+        let addr = self.run.http_addr;
         let token = self.host.shutdown.clone();
         tasks.spawn(async move {
             gateway::serve(addr, state, async move { token.cancelled().await })
@@ -194,7 +197,7 @@ impl Components {
     /// `/metrics`, `/healthz` and `/readyz` on their own address: always in a process without
     /// the gateway (which serves them itself), and in any process told where.
     fn ops(&self, tasks: &mut Tasks, components: &[String]) {
-        let addr = match self.settings.metrics_addr {
+        let addr = match self.run.metrics_addr {
             Some(addr) => addr,
             None if components.iter().any(|c| c == GATEWAY) => return,
             None => DEFAULT_METRICS_ADDR,
@@ -269,7 +272,16 @@ pub async fn run(settings: &Settings, args: RunArgs) -> anyhow::Result<()> {
 
     let mut bus = Bus::connect(&settings.bus(&label)).await?;
     let outcome = loop {
-        let started = start(settings, &components, &bus, &pool, &faults, &metrics).await;
+        let started = start(
+            settings,
+            &args.settings,
+            &components,
+            &bus,
+            &pool,
+            &faults,
+            &metrics,
+        )
+        .await;
         let (context, mut tasks) = match started {
             Ok(started) => started,
             Err(error) if !bus.is_connected() => {
@@ -289,7 +301,7 @@ pub async fn run(settings: &Settings, args: RunArgs) -> anyhow::Result<()> {
         // Without a connection nothing in hand can be acked: no use waiting long for it.
         let grace = match ended {
             Ended::BrokerLost => Duration::from_secs(2),
-            _ => settings.shutdown_grace() + Duration::from_secs(1),
+            _ => args.settings.shutdown_grace() + Duration::from_secs(1),
         };
         if tokio::time::timeout(grace, async { while tasks.join_next().await.is_some() {} })
             .await
@@ -339,6 +351,7 @@ enum Ended {
 /// Starts every component on `bus`; the returned context's token stops them.
 async fn start(
     settings: &Settings,
+    run: &RunSettings,
     components: &[String],
     bus: &Bus,
     pool: &PgPool,
@@ -354,13 +367,14 @@ async fn start(
         .context("checking the broker topology")?;
     let context = Components {
         settings: settings.clone(),
+        run: run.clone(),
         host: Host {
             pool: pool.clone(),
             bus: bus.clone(),
             shutdown: CancellationToken::new(),
             faults: faults.clone(),
             topology: Arc::new(topology),
-            settings: settings.host(GROUP_COMMIT),
+            settings: run.host(GROUP_COMMIT),
         },
         metrics: metrics.clone(),
     };
@@ -369,7 +383,7 @@ async fn start(
     if let Some(faults) = faults.clone() {
         let identity = chaos::Identity {
             components: components.to_vec(),
-            operator: settings.operator_user.clone(),
+            operator: run.operator_user.clone(),
         };
         let (bus, token) = (bus.clone(), context.host.shutdown.clone());
         tasks.spawn(async move {

@@ -9,7 +9,9 @@ use bus::BusSettings;
 use clap::{Args, ValueEnum};
 use store::DbSettings;
 
+/// What every subcommand takes: where the broker and the database are, and how to reach them.
 #[derive(Debug, Clone, Args)]
+#[command(next_help_heading = "Connection")]
 pub struct Settings {
     /// RabbitMQ URL, with the vhost.
     #[arg(
@@ -29,19 +31,6 @@ pub struct Settings {
         hide_env_values = true
     )]
     pub database_url: String,
-    /// Where the gateway listens.
-    #[arg(
-        long,
-        global = true,
-        env = "WARREN_HTTP_ADDR",
-        default_value = "127.0.0.1:8080"
-    )]
-    pub http_addr: SocketAddr,
-    /// Where a process serves `/metrics`, `/healthz` and `/readyz` for scrapers and
-    /// orchestrators (default: on the gateway's address in a process that runs the gateway,
-    /// 127.0.0.1:9180 in any other).
-    #[arg(long, global = true, env = "WARREN_METRICS_ADDR")]
-    pub metrics_addr: Option<SocketAddr>,
     /// Database connections per process.
     #[arg(long, global = true, env = "WARREN_DB_POOL", default_value_t = 16)]
     pub db_pool: u32,
@@ -49,128 +38,9 @@ pub struct Settings {
     /// `warren run`, which may start before them; 5 s for operator commands).
     #[arg(long, global = true, env = "WARREN_CONNECT_TIMEOUT_SECS")]
     pub connect_timeout_secs: Option<u64>,
-    /// How long in-flight work may take to finish on shutdown.
-    #[arg(
-        long,
-        global = true,
-        env = "WARREN_SHUTDOWN_GRACE_SECS",
-        default_value_t = 10
-    )]
-    pub shutdown_grace_secs: u64,
     /// Saga definitions to run instead of the built-in ones (every `*.toml` in the folder).
     #[arg(long, global = true, env = "WARREN_SAGAS_DIR")]
     pub sagas_dir: Option<std::path::PathBuf>,
-    /// Deliveries each consumer handles at once. Under load the deliveries that wait are what
-    /// group commit puts into one transaction: 128 gave 235 checkouts/s against 174 at 32 on the
-    /// 2-core development machine (docs/performance.md).
-    #[arg(long, global = true, env = "WARREN_PREFETCH", default_value_t = 128)]
-    pub prefetch: u16,
-    /// How often the orchestrator looks for sagas whose deadline passed.
-    #[arg(
-        long,
-        global = true,
-        env = "WARREN_SWEEP_INTERVAL_MS",
-        default_value_t = 250
-    )]
-    pub sweep_interval_ms: u64,
-    /// How long an outbox relay waits for the broker's confirms of a batch before it counts
-    /// the batch as not published and releases its rows (a broker blocked by a resource
-    /// alarm confirms nothing).
-    #[arg(
-        long,
-        global = true,
-        env = "WARREN_CONFIRM_TIMEOUT_MS",
-        default_value_t = 10_000
-    )]
-    pub confirm_timeout_ms: u64,
-    /// How long the gateway waits for a service to answer a read.
-    #[arg(
-        long,
-        global = true,
-        env = "WARREN_QUERY_TIMEOUT_MS",
-        default_value_t = 5000
-    )]
-    pub query_timeout_ms: u64,
-    /// Where uploaded images and their variants are kept.
-    #[arg(
-        long,
-        global = true,
-        env = "WARREN_IMAGE_STORE",
-        default_value = ".warren/images"
-    )]
-    pub image_store: std::path::PathBuf,
-    /// The largest image upload accepted, in bytes.
-    #[arg(long, global = true, env = "WARREN_IMAGE_UPLOAD_LIMIT", default_value_t = 10 * 1024 * 1024)]
-    pub image_upload_limit: usize,
-    /// The RabbitMQ management UI, which the gateway's `/ui` page links to.
-    #[arg(
-        long,
-        global = true,
-        env = "WARREN_MANAGEMENT_URL",
-        default_value = "http://127.0.0.1:15672"
-    )]
-    pub management_url: String,
-    /// The one algorithm gateway tokens are signed with (HS256, RS256, ES256, EdDSA, ...).
-    #[arg(
-        long,
-        global = true,
-        env = "WARREN_JWT_ALGORITHM",
-        default_value = "HS256"
-    )]
-    pub jwt_algorithm: String,
-    /// The gateway's token key: the shared secret for HS*, the public key (PEM) otherwise.
-    #[arg(long, global = true, env = "WARREN_JWT_KEY_FILE")]
-    pub jwt_key_file: Option<PathBuf>,
-    /// The issuer (`iss`) tokens must name.
-    #[arg(
-        long,
-        global = true,
-        env = "WARREN_JWT_ISSUER",
-        default_value = "warren"
-    )]
-    pub jwt_issuer: String,
-    /// The audience (`aud`) tokens must name.
-    #[arg(
-        long,
-        global = true,
-        env = "WARREN_JWT_AUDIENCE",
-        default_value = "warren"
-    )]
-    pub jwt_audience: String,
-    /// Clock skew allowed on a token's expiry, in seconds.
-    #[arg(
-        long,
-        global = true,
-        env = "WARREN_JWT_LEEWAY_SECS",
-        default_value_t = 30
-    )]
-    pub jwt_leeway_secs: u64,
-    /// API keys for machines: a TOML file of `[[key]]` tables (name, sha256, scopes).
-    #[arg(long, global = true, env = "WARREN_API_KEYS_FILE")]
-    pub api_keys_file: Option<PathBuf>,
-    /// Requests per second each client may make to the gateway (a token's subject, an API
-    /// key's name)...
-    #[arg(long, global = true, env = "WARREN_RATE_LIMIT", default_value_t = 50)]
-    pub rate_limit: u32,
-    /// ...and how many it may make at once after a quiet spell.
-    #[arg(long, global = true, env = "WARREN_RATE_BURST", default_value_t = 200)]
-    pub rate_burst: u32,
-    /// How long the gateway lets a request take before answering 503.
-    #[arg(
-        long,
-        global = true,
-        env = "WARREN_REQUEST_TIMEOUT_SECS",
-        default_value_t = 30
-    )]
-    pub request_timeout_secs: u64,
-    /// Origins whose pages may call the gateway (comma-separated); none by default.
-    #[arg(
-        long,
-        global = true,
-        env = "WARREN_CORS_ORIGINS",
-        value_delimiter = ','
-    )]
-    pub cors_origins: Vec<String>,
     /// Log format.
     #[arg(long, global = true, env = "WARREN_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text)]
     pub log_format: LogFormat,
@@ -181,15 +51,169 @@ pub struct Settings {
     /// A file holding the database password, which replaces the one of the database URL.
     #[arg(long, global = true, env = "WARREN_DATABASE_PASSWORD_FILE")]
     pub database_password_file: Option<PathBuf>,
+}
+
+/// What `warren run` takes besides: the processes' knobs and the gateway's.
+#[derive(Debug, Clone, Args)]
+pub struct RunSettings {
+    /// Where the gateway listens.
+    #[arg(
+        long,
+        env = "WARREN_HTTP_ADDR",
+        default_value = "127.0.0.1:8080",
+        help_heading = "Gateway"
+    )]
+    pub http_addr: SocketAddr,
+    /// Where a process serves `/metrics`, `/healthz` and `/readyz` for scrapers and
+    /// orchestrators (default: on the gateway's address in a process that runs the gateway,
+    /// 127.0.0.1:9180 in any other).
+    #[arg(long, env = "WARREN_METRICS_ADDR", help_heading = "Processes")]
+    pub metrics_addr: Option<SocketAddr>,
+    /// How long in-flight work may take to finish on shutdown.
+    #[arg(
+        long,
+        env = "WARREN_SHUTDOWN_GRACE_SECS",
+        default_value_t = 10,
+        help_heading = "Processes"
+    )]
+    pub shutdown_grace_secs: u64,
+    /// Deliveries each consumer handles at once. Under load the deliveries that wait are what
+    /// group commit puts into one transaction: 128 gave 235 checkouts/s against 174 at 32 on the
+    /// 2-core development machine (docs/performance.md).
+    #[arg(
+        long,
+        env = "WARREN_PREFETCH",
+        default_value_t = 128,
+        help_heading = "Processes"
+    )]
+    pub prefetch: u16,
+    /// How often the orchestrator looks for sagas whose deadline passed.
+    #[arg(
+        long,
+        env = "WARREN_SWEEP_INTERVAL_MS",
+        default_value_t = 250,
+        help_heading = "Processes"
+    )]
+    pub sweep_interval_ms: u64,
+    /// How long an outbox relay waits for the broker's confirms of a batch before it counts
+    /// the batch as not published and releases its rows (a broker blocked by a resource
+    /// alarm confirms nothing).
+    #[arg(
+        long,
+        env = "WARREN_CONFIRM_TIMEOUT_MS",
+        default_value_t = 10_000,
+        help_heading = "Processes"
+    )]
+    pub confirm_timeout_ms: u64,
+    /// How long the gateway waits for a service to answer a read.
+    #[arg(
+        long,
+        env = "WARREN_QUERY_TIMEOUT_MS",
+        default_value_t = 5000,
+        help_heading = "Gateway"
+    )]
+    pub query_timeout_ms: u64,
+    /// Where uploaded images and their variants are kept.
+    #[arg(
+        long,
+        env = "WARREN_IMAGE_STORE",
+        default_value = ".warren/images",
+        help_heading = "Processes"
+    )]
+    pub image_store: std::path::PathBuf,
+    /// The largest image upload accepted, in bytes.
+    #[arg(long, env = "WARREN_IMAGE_UPLOAD_LIMIT", default_value_t = 10 * 1024 * 1024, help_heading = "Gateway")]
+    pub image_upload_limit: usize,
+    /// The RabbitMQ management UI, which the gateway's `/ui` page links to.
+    #[arg(
+        long,
+        env = "WARREN_MANAGEMENT_URL",
+        default_value = "http://127.0.0.1:15672",
+        help_heading = "Gateway"
+    )]
+    pub management_url: String,
+    /// API keys for machines: a TOML file of `[[key]]` tables (name, sha256, scopes).
+    #[arg(long, env = "WARREN_API_KEYS_FILE", help_heading = "Gateway")]
+    pub api_keys_file: Option<PathBuf>,
+    /// Requests per second each client may make to the gateway (a token's subject, an API
+    /// key's name)...
+    #[arg(
+        long,
+        env = "WARREN_RATE_LIMIT",
+        default_value_t = 50,
+        help_heading = "Gateway"
+    )]
+    pub rate_limit: u32,
+    /// ...and how many it may make at once after a quiet spell.
+    #[arg(
+        long,
+        env = "WARREN_RATE_BURST",
+        default_value_t = 200,
+        help_heading = "Gateway"
+    )]
+    pub rate_burst: u32,
+    /// How long the gateway lets a request take before answering 503.
+    #[arg(
+        long,
+        env = "WARREN_REQUEST_TIMEOUT_SECS",
+        default_value_t = 30,
+        help_heading = "Gateway"
+    )]
+    pub request_timeout_secs: u64,
+    /// Origins whose pages may call the gateway (comma-separated); none by default.
+    #[arg(
+        long,
+        env = "WARREN_CORS_ORIGINS",
+        value_delimiter = ',',
+        help_heading = "Gateway"
+    )]
+    pub cors_origins: Vec<String>,
     /// The broker user whose chaos control messages processes take (`warren run
     /// --allow-chaos`); the broker vouches for a message's user.
     #[arg(
         long,
-        global = true,
         env = "WARREN_OPERATOR_USER",
-        default_value = bus::access::DEFAULT_OPERATOR
-    )]
+        default_value = bus::access::DEFAULT_OPERATOR, help_heading = "Processes")]
     pub operator_user: String,
+    #[command(flatten)]
+    pub jwt: JwtSettings,
+}
+
+/// How the gateway checks tokens, and `warren auth token` signs them.
+#[derive(Debug, Clone, Args)]
+#[command(next_help_heading = "Gateway tokens")]
+pub struct JwtSettings {
+    /// The one algorithm gateway tokens are signed with (HS256, RS256, ES256, EdDSA, ...).
+    #[arg(
+        long = "jwt-algorithm",
+        env = "WARREN_JWT_ALGORITHM",
+        default_value = "HS256"
+    )]
+    pub algorithm: String,
+    /// The gateway's token key: the shared secret for HS*, the public key (PEM) otherwise.
+    #[arg(long = "jwt-key-file", env = "WARREN_JWT_KEY_FILE")]
+    pub key_file: Option<PathBuf>,
+    /// The issuer (`iss`) tokens must name.
+    #[arg(
+        long = "jwt-issuer",
+        env = "WARREN_JWT_ISSUER",
+        default_value = "warren"
+    )]
+    pub issuer: String,
+    /// The audience (`aud`) tokens must name.
+    #[arg(
+        long = "jwt-audience",
+        env = "WARREN_JWT_AUDIENCE",
+        default_value = "warren"
+    )]
+    pub audience: String,
+    /// Clock skew allowed on a token's expiry, in seconds.
+    #[arg(
+        long = "jwt-leeway-secs",
+        env = "WARREN_JWT_LEEWAY_SECS",
+        default_value_t = 30
+    )]
+    pub leeway_secs: u64,
 }
 
 /// How long `warren run` waits for the broker and the database unless told otherwise.
@@ -233,6 +257,22 @@ impl Settings {
         )
     }
 
+    /// Puts the passwords of the password files into the URLs. Called once at start; a file
+    /// that cannot be read, or a URL that names no user, stops the process with the reason.
+    pub fn read_password_files(&mut self) -> anyhow::Result<()> {
+        if let Some(file) = &self.amqp_password_file {
+            self.amqp_url = with_password(&self.amqp_url, &read_secret(file)?)
+                .context("WARREN_AMQP_URL (with WARREN_AMQP_PASSWORD_FILE)")?;
+        }
+        if let Some(file) = &self.database_password_file {
+            self.database_url = with_password(&self.database_url, &read_secret(file)?)
+                .context("WARREN_DATABASE_URL (with WARREN_DATABASE_PASSWORD_FILE)")?;
+        }
+        Ok(())
+    }
+}
+
+impl RunSettings {
     /// What every participant shares, committing at most `group_commit` deliveries at once.
     pub fn host(&self, group_commit: usize) -> host::HostSettings {
         host::HostSettings {
@@ -254,15 +294,15 @@ impl Settings {
 
     /// The gateway's checker of credentials, from the key and API-key files.
     pub fn auth(&self) -> anyhow::Result<gateway::Auth> {
-        let jwt = match &self.jwt_key_file {
+        let jwt = match &self.jwt.key_file {
             None => None,
             Some(path) => Some(gateway::JwtSettings {
-                algorithm: self.jwt_algorithm()?,
+                algorithm: self.jwt.algorithm()?,
                 key: std::fs::read(path)
                     .with_context(|| format!("reading the JWT key {}", path.display()))?,
-                issuer: self.jwt_issuer.clone(),
-                audience: self.jwt_audience.clone(),
-                leeway_secs: self.jwt_leeway_secs,
+                issuer: self.jwt.issuer.clone(),
+                audience: self.jwt.audience.clone(),
+                leeway_secs: self.jwt.leeway_secs,
             }),
         };
         let api_keys = match &self.api_keys_file {
@@ -283,25 +323,13 @@ impl Settings {
         };
         gateway::Auth::new(jwt, api_keys).map_err(anyhow::Error::msg)
     }
+}
 
-    pub fn jwt_algorithm(&self) -> anyhow::Result<jsonwebtoken::Algorithm> {
-        self.jwt_algorithm
+impl JwtSettings {
+    pub fn algorithm(&self) -> anyhow::Result<jsonwebtoken::Algorithm> {
+        self.algorithm
             .parse()
-            .map_err(|_| anyhow::anyhow!("unknown JWT algorithm {:?}", self.jwt_algorithm))
-    }
-
-    /// Puts the passwords of the password files into the URLs. Called once at start; a file
-    /// that cannot be read, or a URL that names no user, stops the process with the reason.
-    pub fn read_password_files(&mut self) -> anyhow::Result<()> {
-        if let Some(file) = &self.amqp_password_file {
-            self.amqp_url = with_password(&self.amqp_url, &read_secret(file)?)
-                .context("WARREN_AMQP_URL (with WARREN_AMQP_PASSWORD_FILE)")?;
-        }
-        if let Some(file) = &self.database_password_file {
-            self.database_url = with_password(&self.database_url, &read_secret(file)?)
-                .context("WARREN_DATABASE_URL (with WARREN_DATABASE_PASSWORD_FILE)")?;
-        }
-        Ok(())
+            .map_err(|_| anyhow::anyhow!("unknown JWT algorithm {:?}", self.algorithm))
     }
 }
 
