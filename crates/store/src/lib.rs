@@ -15,7 +15,7 @@ pub mod relay;
 pub mod worker;
 
 pub use db::{DbSettings, connect, migrate};
-pub use error::StoreError;
+pub use error::{Constraint, Failure, StoreError};
 pub use inbox::Inbox;
 pub use outbox::Outbox;
 pub use relay::{Handoff, Relay, RelaySettings};
