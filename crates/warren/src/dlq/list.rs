@@ -124,17 +124,3 @@ pub(super) async fn list(
     }
     Ok(ExitCode::SUCCESS)
 }
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn reasons_are_shortened_to_one_line() {
-        assert_eq!(shorten("short", 10), "short");
-        assert_eq!(shorten("a\n  b", 10), "a b");
-        let long = shorten(&"x".repeat(100), 10);
-        assert_eq!(long.chars().count(), 10);
-        assert!(long.ends_with('…'));
-    }
-}
