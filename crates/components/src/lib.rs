@@ -24,9 +24,9 @@ pub const CORE: [Component; 2] = [gateway::COMPONENT, orchestrator::COMPONENT];
 /// The participants: each consumes its commands (or the events it reacts to), keeps its own
 /// schema, and answers its own reads.
 pub const PARTICIPANTS: [Participant; 5] = [
-    services::order::PARTICIPANT,
-    services::inventory::PARTICIPANT,
-    services::payment::PARTICIPANT,
+    order::PARTICIPANT,
+    inventory::PARTICIPANT,
+    payment::PARTICIPANT,
     images::PARTICIPANT,
     notifications::PARTICIPANT,
 ];

@@ -1,7 +1,7 @@
 //! What a component is, declared once in its own crate and read by everything that deploys it.
 //!
-//! Each component (`services::order::COMPONENT`, `orchestrator::COMPONENT`, …) is one constant
-//! of [`Component`]. From the list of them (the `components` crate) come the broker topology
+//! Each component (`order::COMPONENT`, `orchestrator::COMPONENT`, …) is one constant of
+//! [`Component`]. From the list of them (the `components` crate) come the broker topology
 //! (`bus::Topology::of_components`), each user's permissions (`bus::Access`), what `warren run`
 //! can start, the database role each logs in as, and the metrics ports `scripts/dev-up.sh` and
 //! Prometheus use (`warren components`, written to `deploy/components.tsv`).

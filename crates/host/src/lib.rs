@@ -9,6 +9,16 @@
 //! A [`Host`] is what `warren run` hands every component: the pool, the bus connection, the
 //! shutdown token, the faults of a chaos-allowing process, and the settings every participant
 //! shares. Its helpers start each kind of task the same way for everyone.
+//!
+//! What participants' handlers do alike lives here too (the order, inventory and payment crates
+//! use it):
+//! - [`handling`]: decoding a payload, mapping a database failure, parking a message that can
+//!   never be handled, [`handling::Lock`], and cutting a group commit into runs.
+//! - [`status!`] (in [`status`](mod@status)): a status enum stored as lowercase text, with its
+//!   SQL spelling and parser ([`status::UnknownStatus`] for a spelling the code does not know).
+
+pub mod handling;
+pub mod status;
 
 use std::path::PathBuf;
 use std::sync::Arc;

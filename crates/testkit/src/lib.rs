@@ -3,9 +3,18 @@
 //!
 //! Tests run in the `warren_test` vhost (created by `scripts/test.sh`) and name every queue and
 //! routing key after a fresh id, so they never disturb each other or a running stack.
+//!
+//! For a participant's handler on a fresh database, without a broker:
+//! - [`participant`]: delivers messages through its real `store::Transactional`, as its
+//!   consumer does, and reads back what each caused from its outbox.
+//! - [`grouping`]: checks its group path (`TxHandler::apply_all`) against its one-message
+//!   path: same rows, same replies.
 
 // Test support: a panic here is a failing test, which is what it should be.
 #![allow(clippy::unwrap_used)]
+
+pub mod grouping;
+pub mod participant;
 
 use std::future::Future;
 use std::sync::{Arc, Mutex};
