@@ -39,8 +39,8 @@ pub struct CheckoutRequest {
 /// Every rule of the contract a checkout breaks, or none.
 pub fn validate(request: &CheckoutRequest) -> Result<(), ApiError> {
     let mut problems = Vec::new();
-    if request.customer_id.trim().is_empty() || request.customer_id.len() > 128 {
-        problems.push("customer_id must be 1 to 128 characters".to_owned());
+    if request.customer_id.trim().is_empty() || request.customer_id.chars().count() > 128 {
+        problems.push("customer_id must be 1 to 128 characters, not all blank".to_owned());
     }
     if request.items.is_empty() || request.items.len() > MAX_LINES {
         problems.push(format!("items must hold 1 to {MAX_LINES} lines"));

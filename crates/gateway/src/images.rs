@@ -78,11 +78,14 @@ pub async fn upload(
                 variants = Some(list);
             }
             "customer_id" => {
-                let text = read_limited(&mut field, 128, "customer_id").await?;
+                // 128 characters of up to 4 bytes each, as a checkout's customer_id.
+                let text = read_limited(&mut field, 4 * 128, "customer_id").await?;
                 let text = String::from_utf8(text)
                     .map_err(|_| ApiError::Invalid("customer_id must be UTF-8".into()))?;
-                if text.is_empty() {
-                    return Err(ApiError::Invalid("customer_id must not be empty".into()));
+                if text.trim().is_empty() || text.chars().count() > 128 {
+                    return Err(ApiError::Invalid(
+                        "customer_id must be 1 to 128 characters, not all blank".into(),
+                    ));
                 }
                 customer_id = Some(text);
             }
