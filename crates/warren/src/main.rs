@@ -33,7 +33,7 @@ mod verify;
 use anyhow::Context;
 use clap::{Parser, Subcommand};
 
-use settings::Settings;
+use settings::{LogFormat, Settings};
 
 #[derive(Debug, Parser)]
 #[command(
@@ -42,8 +42,9 @@ use settings::Settings;
     about = "Event-driven sagas on RabbitMQ and PostgreSQL"
 )]
 struct Cli {
-    #[command(flatten)]
-    settings: Settings,
+    /// Log format.
+    #[arg(long, global = true, env = "WARREN_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text)]
+    log_format: LogFormat,
     /// Print JSON instead of tables, for scripts.
     #[arg(long, global = true)]
     json: bool,
@@ -51,33 +52,80 @@ struct Cli {
     command: Command,
 }
 
+// Parsed once per process: the size of its largest variant (`run`) costs nothing.
+#[allow(clippy::large_enum_variant)]
 #[derive(Debug, Subcommand)]
 enum Command {
     /// Run components until SIGTERM or SIGINT, then drain and exit.
-    Run(run::RunArgs),
+    Run {
+        #[command(flatten)]
+        settings: Settings,
+        #[command(flatten)]
+        args: run::RunArgs,
+    },
     /// Apply the database migrations.
-    Migrate,
+    Migrate {
+        #[command(flatten)]
+        settings: Settings,
+    },
     /// Declare or export the broker topology.
-    #[command(subcommand)]
-    Topology(topology::TopologyCommand),
+    Topology {
+        #[command(flatten)]
+        settings: Settings,
+        #[command(subcommand)]
+        command: topology::TopologyCommand,
+    },
     /// See, replay and repair sagas.
-    #[command(subcommand)]
-    Saga(saga_cli::SagaCommand),
+    Saga {
+        #[command(flatten)]
+        settings: Settings,
+        #[command(subcommand)]
+        command: saga_cli::SagaCommand,
+    },
     /// See, redrive and purge parked (dead-lettered) messages.
-    #[command(subcommand)]
-    Dlq(dlq::DlqCommand),
+    Dlq {
+        #[command(flatten)]
+        settings: Settings,
+        #[command(subcommand)]
+        command: dlq::DlqCommand,
+    },
     /// Rehearse failures: inject faults into running processes, poison a queue, verify the
     /// invariants afterwards.
-    #[command(subcommand)]
-    Chaos(chaos::ChaosCommand),
+    Chaos {
+        #[command(flatten)]
+        settings: Settings,
+        #[command(subcommand)]
+        command: chaos::ChaosCommand,
+    },
     /// Gateway credentials: sign a token, make an API key.
     #[command(subcommand)]
     Auth(auth_cli::AuthCommand),
     /// Measure checkout sagas per second and their latency against the running system.
-    Bench(bench::BenchArgs),
+    Bench {
+        #[command(flatten)]
+        settings: Settings,
+        #[command(flatten)]
+        args: bench::BenchArgs,
+    },
     /// List the components: name, broker user, database role and metrics port, tab-separated
     /// (what `deploy/components.tsv` holds and `scripts/lib.sh` reads).
     Components,
+}
+
+impl Command {
+    /// The connection settings of a subcommand that reaches the servers.
+    fn settings_mut(&mut self) -> Option<&mut Settings> {
+        match self {
+            Self::Run { settings, .. }
+            | Self::Migrate { settings }
+            | Self::Topology { settings, .. }
+            | Self::Saga { settings, .. }
+            | Self::Dlq { settings, .. }
+            | Self::Chaos { settings, .. }
+            | Self::Bench { settings, .. } => Some(settings),
+            Self::Auth(_) | Self::Components => None,
+        }
+    }
 }
 
 /// Exit codes scripts can rely on: 0 done, 1 a check or replay found a problem, 2 bad usage
@@ -113,45 +161,46 @@ fn main() -> std::process::ExitCode {
 
 async fn cli_main() -> std::process::ExitCode {
     let mut cli = Cli::parse();
-    if !matches!(cli.command, Command::Run(_)) {
-        // An operator waiting at a terminal wants to hear soon that a server is down.
-        cli.settings
-            .connect_timeout_secs
-            .get_or_insert(settings::CLI_CONNECT_TIMEOUT_SECS);
-    }
-    let level = if matches!(cli.command, Command::Run(_)) {
-        "info"
-    } else {
-        "warn"
-    };
+    let running = matches!(cli.command, Command::Run { .. });
     let service = match &cli.command {
-        Command::Run(args) => format!("warren-{}", args.label()),
+        Command::Run { args, .. } => format!("warren-{}", args.label()),
         _ => "warren-cli".to_owned(),
     };
-    let _telemetry = telemetry::init(&cli.settings.log_format, level, &service);
-    if let Err(error) = cli.settings.read_password_files() {
-        eprintln!("error: {error:#}");
-        return std::process::ExitCode::from(exit::FAILURE);
+    let _telemetry = telemetry::init(
+        &cli.log_format,
+        if running { "info" } else { "warn" },
+        &service,
+    );
+    if let Some(settings) = cli.command.settings_mut() {
+        if !running {
+            // An operator waiting at a terminal wants to hear soon that a server is down.
+            settings
+                .connect_timeout_secs
+                .get_or_insert(settings::CLI_CONNECT_TIMEOUT_SECS);
+        }
+        if let Err(error) = settings.read_password_files() {
+            eprintln!("error: {error:#}");
+            return std::process::ExitCode::from(exit::FAILURE);
+        }
     }
+    let success = |()| std::process::ExitCode::SUCCESS;
     let outcome = match cli.command {
-        Command::Run(args) => run::run(&cli.settings, args)
-            .await
-            .map(|()| std::process::ExitCode::SUCCESS),
-        Command::Migrate => migrate(&cli.settings).await,
-        Command::Topology(command) => topology::execute(&cli.settings, command)
-            .await
-            .map(|()| std::process::ExitCode::SUCCESS),
-        Command::Saga(command) => saga_cli::execute(&cli.settings, command, cli.json).await,
-        Command::Dlq(command) => dlq::execute(&cli.settings, command, cli.json).await,
-        Command::Chaos(command) => chaos::execute(&cli.settings, command, cli.json).await,
-        Command::Bench(args) => bench::execute(&cli.settings, args, cli.json).await,
+        Command::Run { settings, args } => run::run(&settings, args).await.map(success),
+        Command::Migrate { settings } => migrate(&settings).await,
+        Command::Topology { settings, command } => {
+            topology::execute(&settings, command).await.map(success)
+        }
+        Command::Saga { settings, command } => {
+            saga_cli::execute(&settings, command, cli.json).await
+        }
+        Command::Dlq { settings, command } => dlq::execute(&settings, command, cli.json).await,
+        Command::Chaos { settings, command } => chaos::execute(&settings, command, cli.json).await,
+        Command::Bench { settings, args } => bench::execute(&settings, args, cli.json).await,
         Command::Components => {
             print!("{}", components::table());
             Ok(std::process::ExitCode::SUCCESS)
         }
-        Command::Auth(command) => {
-            auth_cli::execute(command).map(|()| std::process::ExitCode::SUCCESS)
-        }
+        Command::Auth(command) => auth_cli::execute(command).map(success),
     };
     outcome.unwrap_or_else(|error| {
         eprintln!("error: {error:#}");
@@ -179,10 +228,18 @@ async fn migrate(settings: &Settings) -> anyhow::Result<std::process::ExitCode> 
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use clap::Parser;
 
-    use super::Cli;
+    use super::{Cli, Command};
+
+    /// The connection settings as a subcommand gets them with no flags or variables given.
+    pub(crate) fn settings() -> crate::settings::Settings {
+        match Cli::parse_from(["warren", "migrate"]).command {
+            Command::Migrate { settings } => settings,
+            other => unreachable!("{other:?}"),
+        }
+    }
 
     #[test]
     fn a_subcommand_takes_only_its_own_settings() {
@@ -217,8 +274,29 @@ mod tests {
             "x",
         ];
         assert!(Cli::try_parse_from(token).is_ok());
-        // The connection settings reach every subcommand that talks to the servers.
-        let dlq = Cli::try_parse_from(["warren", "dlq", "list", "--amqp-url", "amqp://h/v"]);
-        assert_eq!(dlq.unwrap().settings.amqp_url, "amqp://h/v");
+        // The connection settings reach every subcommand that talks to the servers, and only
+        // those.
+        let mut dlq =
+            Cli::try_parse_from(["warren", "dlq", "list", "--amqp-url", "amqp://h/v"]).unwrap();
+        assert_eq!(dlq.command.settings_mut().unwrap().amqp_url, "amqp://h/v");
+        for others in [
+            vec!["warren", "components", "--amqp-url", "amqp://h/v"],
+            vec![
+                "warren",
+                "auth",
+                "api-key",
+                "--name",
+                "n",
+                "--scope",
+                "ui",
+                "--db-pool",
+                "2",
+            ],
+        ] {
+            assert!(
+                Cli::try_parse_from(&others).is_err(),
+                "{others:?} was taken"
+            );
+        }
     }
 }

@@ -9,7 +9,8 @@ use bus::BusSettings;
 use clap::{Args, ValueEnum};
 use store::DbSettings;
 
-/// What every subcommand takes: where the broker and the database are, and how to reach them.
+/// What every subcommand that reaches the broker or the database takes: where they are, and how
+/// to reach them. (`warren auth` and `warren components` reach neither, and take none of it.)
 #[derive(Debug, Clone, Args)]
 #[command(next_help_heading = "Connection")]
 pub struct Settings {
@@ -41,9 +42,6 @@ pub struct Settings {
     /// Saga definitions to run instead of the built-in ones (every `*.toml` in the folder).
     #[arg(long, global = true, env = "WARREN_SAGAS_DIR")]
     pub sagas_dir: Option<std::path::PathBuf>,
-    /// Log format.
-    #[arg(long, global = true, env = "WARREN_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text)]
-    pub log_format: LogFormat,
     /// A file holding the broker password, which replaces the one of the AMQP URL (so it
     /// appears in no environment or command line). Read at start.
     #[arg(long, global = true, env = "WARREN_AMQP_PASSWORD_FILE")]

@@ -198,12 +198,11 @@ fn password_hash(password: &str, salt: u32) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use clap::Parser;
     use saga::Definition;
 
     #[test]
     fn the_users_of_the_definitions_file_match_the_code() {
-        let settings = crate::Cli::parse_from(["warren", "migrate"]).settings;
+        let settings = crate::tests::settings();
         let path = concat!(
             env!("CARGO_MANIFEST_DIR"),
             "/../../rabbitmq/definitions.json"
@@ -239,7 +238,7 @@ mod tests {
 
     #[test]
     fn the_orchestrator_may_send_every_command_of_the_built_in_sagas() {
-        let settings = crate::Cli::parse_from(["warren", "migrate"]).settings;
+        let settings = crate::tests::settings();
         let access = components::access(&crate::run::definitions(&settings).unwrap());
         let write = &access.grant(&orchestrator::COMPONENT).topics[0].write;
         for command in [

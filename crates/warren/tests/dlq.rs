@@ -503,7 +503,7 @@ async fn an_unreachable_broker_is_reported_with_exit_code_4() {
     let run = warren_at(
         &format!("amqp://guest:guest@127.0.0.1:{port}/warren"),
         "postgres://postgres:postgres@127.0.0.1:1/warren",
-        &["--connect-timeout-secs", "1", "dlq", "list"],
+        &["dlq", "list", "--connect-timeout-secs", "1"],
     )
     .await;
     assert_eq!(run.code, Some(4), "{run:#?}");
