@@ -62,6 +62,6 @@ fn start<'a>(host: &'a Host, tasks: &'a mut Tasks) -> BoxFuture<'a, anyhow::Resu
         for queue in COMPONENT.consumes {
             host.consume_with(tasks, &COMPONENT, queue, Arc::clone(&handler), prefetch)?;
         }
-        host.answer(tasks, &COMPONENT, queries::Queries::new(host.pool.clone()))
+        host.answer(tasks, &COMPONENT, queries::answering(host.pool.clone()))
     })
 }

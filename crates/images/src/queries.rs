@@ -53,37 +53,19 @@ struct Row {
 }
 
 /// Answers `image.queries`: `get_image`.
-#[derive(Debug, Clone)]
-pub struct Queries {
-    pool: PgPool,
+pub fn answering(pool: PgPool) -> impl bus::rpc::QueryHandler {
+    bus::rpc::OneMethod::new(
+        "get_image",
+        pool,
+        |pool: PgPool, Params { image_id }| async move {
+            bus::rpc::QueryError::found(get_image(&pool, image_id).await, || {
+                format!("image {image_id}")
+            })
+        },
+    )
 }
 
-impl Queries {
-    pub fn new(pool: PgPool) -> Self {
-        Self { pool }
-    }
-}
-
-#[derive(Deserialize)]
+#[derive(serde::Deserialize)]
 struct Params {
     image_id: Uuid,
-}
-
-impl bus::rpc::QueryHandler for Queries {
-    async fn query(
-        &self,
-        method: &str,
-        params: serde_json::Value,
-    ) -> Result<serde_json::Value, bus::rpc::QueryError> {
-        use bus::rpc::QueryError;
-        match method {
-            "get_image" => {
-                let Params { image_id } = QueryError::params(params)?;
-                QueryError::found(get_image(&self.pool, image_id).await, || {
-                    format!("image {image_id}")
-                })
-            }
-            other => Err(QueryError::unknown_method(other)),
-        }
-    }
 }

@@ -93,37 +93,17 @@ struct Row {
 }
 
 /// Answers `inventory.queries`: `get_product`.
-#[derive(Debug, Clone)]
-pub struct Queries {
-    pool: PgPool,
-}
-
-impl Queries {
-    pub fn new(pool: PgPool) -> Self {
-        Self { pool }
-    }
+pub fn answering(pool: PgPool) -> impl bus::rpc::QueryHandler {
+    bus::rpc::OneMethod::new(
+        "get_product",
+        pool,
+        |pool: PgPool, Params { sku }| async move {
+            bus::rpc::QueryError::found(get_product(&pool, &sku).await, || format!("product {sku}"))
+        },
+    )
 }
 
 #[derive(serde::Deserialize)]
 struct Params {
     sku: String,
-}
-
-impl bus::rpc::QueryHandler for Queries {
-    async fn query(
-        &self,
-        method: &str,
-        params: serde_json::Value,
-    ) -> Result<serde_json::Value, bus::rpc::QueryError> {
-        use bus::rpc::QueryError;
-        match method {
-            "get_product" => {
-                let Params { sku } = QueryError::params(params)?;
-                QueryError::found(get_product(&self.pool, &sku).await, || {
-                    format!("product {sku}")
-                })
-            }
-            other => Err(QueryError::unknown_method(other)),
-        }
-    }
 }

@@ -75,7 +75,7 @@ fn start<'a>(host: &'a Host, tasks: &'a mut Tasks) -> BoxFuture<'a, anyhow::Resu
     Box::pin(async move {
         let smtp = delivery::SmtpSettings::from_env()?;
         let channel = delivery::AnyChannel::configured(smtp.as_ref())?;
-        let queries = queries::Queries::new(host.pool.clone());
+        let queries = queries::answering(host.pool.clone());
         host.run_transactional(tasks, &COMPONENT, handler(host.pool.clone()), queries)
             .await?;
         let (pool, token) = (host.pool.clone(), host.shutdown.clone());

@@ -66,37 +66,20 @@ struct Row {
 }
 
 /// Answers `notification.queries`: `list_notifications`, newest first.
-#[derive(Debug, Clone)]
-pub struct Queries {
-    pool: PgPool,
-}
-
-impl Queries {
-    pub fn new(pool: PgPool) -> Self {
-        Self { pool }
-    }
+pub fn answering(pool: PgPool) -> impl bus::rpc::QueryHandler {
+    bus::rpc::OneMethod::new(
+        "list_notifications",
+        pool,
+        |pool: PgPool, Params { customer_id, limit }| async move {
+            let found = list(&pool, &customer_id, limit.unwrap_or(50)).await;
+            let found = found.map_err(|e| bus::rpc::QueryError::internal(e.to_string()))?;
+            bus::rpc::QueryError::answer(found)
+        },
+    )
 }
 
 #[derive(serde::Deserialize)]
 struct Params {
     customer_id: String,
     limit: Option<u32>,
-}
-
-impl bus::rpc::QueryHandler for Queries {
-    async fn query(
-        &self,
-        method: &str,
-        params: serde_json::Value,
-    ) -> Result<serde_json::Value, bus::rpc::QueryError> {
-        use bus::rpc::QueryError;
-        match method {
-            "list_notifications" => {
-                let Params { customer_id, limit } = QueryError::params(params)?;
-                let found = list(&self.pool, &customer_id, limit.unwrap_or(50)).await;
-                QueryError::answer(found.map_err(|e| QueryError::internal(e.to_string()))?)
-            }
-            other => Err(QueryError::unknown_method(other)),
-        }
-    }
 }

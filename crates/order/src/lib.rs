@@ -62,6 +62,6 @@ fn start<'a>(host: &'a Host, tasks: &'a mut Tasks) -> BoxFuture<'a, anyhow::Resu
         tasks,
         &COMPONENT,
         handler(host.pool.clone()),
-        queries::Queries::new(host.pool.clone()),
+        queries::answering(host.pool.clone()),
     ))
 }

@@ -53,37 +53,19 @@ struct Row {
 }
 
 /// Answers `order.queries`: `get_order`.
-#[derive(Debug, Clone)]
-pub struct Queries {
-    pool: PgPool,
-}
-
-impl Queries {
-    pub fn new(pool: PgPool) -> Self {
-        Self { pool }
-    }
+pub fn answering(pool: PgPool) -> impl bus::rpc::QueryHandler {
+    bus::rpc::OneMethod::new(
+        "get_order",
+        pool,
+        |pool: PgPool, Params { order_id }| async move {
+            bus::rpc::QueryError::found(get_order(&pool, order_id).await, || {
+                format!("order {order_id}")
+            })
+        },
+    )
 }
 
 #[derive(serde::Deserialize)]
 struct Params {
     order_id: Uuid,
-}
-
-impl bus::rpc::QueryHandler for Queries {
-    async fn query(
-        &self,
-        method: &str,
-        params: serde_json::Value,
-    ) -> Result<serde_json::Value, bus::rpc::QueryError> {
-        use bus::rpc::QueryError;
-        match method {
-            "get_order" => {
-                let Params { order_id } = QueryError::params(params)?;
-                QueryError::found(get_order(&self.pool, order_id).await, || {
-                    format!("order {order_id}")
-                })
-            }
-            other => Err(QueryError::unknown_method(other)),
-        }
-    }
 }

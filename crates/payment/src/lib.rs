@@ -66,6 +66,6 @@ fn start<'a>(host: &'a Host, tasks: &'a mut Tasks) -> BoxFuture<'a, anyhow::Resu
         tasks,
         &COMPONENT,
         handler(host.pool.clone(), host.faults.clone()),
-        queries::Queries::new(host.pool.clone()),
+        queries::answering(host.pool.clone()),
     ))
 }

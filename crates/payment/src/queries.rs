@@ -88,37 +88,19 @@ pub async fn charges_for(pool: &PgPool, order_id: Uuid) -> Result<Vec<ChargeView
 }
 
 /// Answers `payment.queries`: `get_account`.
-#[derive(Debug, Clone)]
-pub struct Queries {
-    pool: PgPool,
-}
-
-impl Queries {
-    pub fn new(pool: PgPool) -> Self {
-        Self { pool }
-    }
+pub fn answering(pool: PgPool) -> impl bus::rpc::QueryHandler {
+    bus::rpc::OneMethod::new(
+        "get_account",
+        pool,
+        |pool: PgPool, Params { customer_id }| async move {
+            bus::rpc::QueryError::found(get_account(&pool, &customer_id).await, || {
+                format!("account {customer_id}")
+            })
+        },
+    )
 }
 
 #[derive(serde::Deserialize)]
 struct Params {
     customer_id: String,
-}
-
-impl bus::rpc::QueryHandler for Queries {
-    async fn query(
-        &self,
-        method: &str,
-        params: serde_json::Value,
-    ) -> Result<serde_json::Value, bus::rpc::QueryError> {
-        use bus::rpc::QueryError;
-        match method {
-            "get_account" => {
-                let Params { customer_id } = QueryError::params(params)?;
-                QueryError::found(get_account(&self.pool, &customer_id).await, || {
-                    format!("account {customer_id}")
-                })
-            }
-            other => Err(QueryError::unknown_method(other)),
-        }
-    }
 }

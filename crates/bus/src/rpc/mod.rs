@@ -42,7 +42,7 @@ use std::time::Duration;
 
 pub use self::client::RpcClient;
 pub use self::protocol::{QueryError, RemoteCode, RpcError};
-pub use self::server::{QueryHandler, serve};
+pub use self::server::{OneMethod, QueryHandler, serve};
 
 /// The pseudo-queue a requester consumes its replies from.
 pub const REPLY_TO: &str = "amq.rabbitmq.reply-to";

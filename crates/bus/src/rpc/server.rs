@@ -33,6 +33,56 @@ pub trait QueryHandler: Send + Sync + 'static {
     ) -> impl Future<Output = Result<Value, QueryError>> + Send;
 }
 
+/// A query handler answering one method: its parameters decoded as `P` (a bad request when they
+/// do not decode), answered by `read` given a clone of `state` (a pool, say). Every other method is
+/// a bad request.
+pub struct OneMethod<S, P, F> {
+    method: &'static str,
+    state: S,
+    read: F,
+    params: std::marker::PhantomData<fn() -> P>,
+}
+
+impl<S, P, F> OneMethod<S, P, F> {
+    pub fn new(method: &'static str, state: S, read: F) -> Self {
+        Self {
+            method,
+            state,
+            read,
+            params: std::marker::PhantomData,
+        }
+    }
+}
+
+impl<S, P, F> std::fmt::Debug for OneMethod<S, P, F> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("OneMethod")
+            .field("method", &self.method)
+            .finish_non_exhaustive()
+    }
+}
+
+impl<S, P, F, Fut> QueryHandler for OneMethod<S, P, F>
+where
+    S: Clone + Send + Sync + 'static,
+    P: serde::de::DeserializeOwned + 'static,
+    F: Fn(S, P) -> Fut + Send + Sync + 'static,
+    Fut: Future<Output = Result<Value, QueryError>> + Send,
+{
+    fn query(
+        &self,
+        method: &str,
+        params: Value,
+    ) -> impl Future<Output = Result<Value, QueryError>> + Send {
+        let call = if method == self.method {
+            QueryError::params(params).map(|params| (self.read)(self.state.clone(), params))
+        } else {
+            Err(QueryError::unknown_method(method))
+        };
+        async move { call?.await }
+    }
+}
+
 /// Answers the queries arriving on `queue` until `shutdown` is cancelled (then drains) or the
 /// connection is lost for good. Up to `prefetch` queries are handled at once.
 pub async fn serve<H: QueryHandler>(

@@ -4,14 +4,14 @@
 //! `get_points`. Everything below would be its folder; its migration is `migration.sql`.
 
 use bus::HandlerError;
-use bus::rpc::{QueryError, QueryHandler};
+use bus::rpc::{OneMethod, QueryError, QueryHandler};
 use contracts::component::Queue;
 use contracts::messages::OrderConfirmed;
 use contracts::{Component, Envelope, Message};
 use futures_util::future::BoxFuture;
 use host::{Host, Participant, Tasks};
 use serde::{Deserialize, Serialize};
-use serde_json::{Value, json};
+use serde_json::json;
 use sqlx::{PgConnection, PgPool};
 use store::{StoreError, Transactional, TxHandler};
 use uuid::Uuid;
@@ -39,9 +39,7 @@ pub const PARTICIPANT: Participant = Participant {
 
 fn start<'a>(host: &'a Host, tasks: &'a mut Tasks) -> BoxFuture<'a, anyhow::Result<()>> {
     let handler = Transactional::new(host.pool.clone(), SCHEMA, CONSUMER, LoyaltyHandler);
-    let queries = Queries {
-        pool: host.pool.clone(),
-    };
+    let queries = answering(host.pool.clone());
     Box::pin(host.run_transactional(tasks, &COMPONENT, handler, queries))
 }
 
@@ -96,33 +94,24 @@ impl TxHandler for LoyaltyHandler {
 }
 
 /// Answers `loyalty.queries`: `get_points` of a customer.
-#[derive(Debug, Clone)]
-pub struct Queries {
-    pool: PgPool,
+pub fn answering(pool: PgPool) -> impl QueryHandler {
+    OneMethod::new(
+        "get_points",
+        pool,
+        |pool: PgPool, Params { customer_id }| async move {
+            let points: Option<i64> = sqlx::query_scalar(
+                "SELECT sum(points)::bigint FROM loyalty.points WHERE customer_id = $1",
+            )
+            .bind(&customer_id)
+            .fetch_one(&pool)
+            .await
+            .map_err(|e| QueryError::internal(e.to_string()))?;
+            QueryError::answer(json!({"customer_id": customer_id, "points": points.unwrap_or(0)}))
+        },
+    )
 }
 
 #[derive(Deserialize)]
 struct Params {
     customer_id: String,
-}
-
-impl QueryHandler for Queries {
-    async fn query(&self, method: &str, params: Value) -> Result<Value, QueryError> {
-        match method {
-            "get_points" => {
-                let Params { customer_id } = QueryError::params(params)?;
-                let points: Option<i64> = sqlx::query_scalar(
-                    "SELECT sum(points)::bigint FROM loyalty.points WHERE customer_id = $1",
-                )
-                .bind(&customer_id)
-                .fetch_one(&self.pool)
-                .await
-                .map_err(|e| QueryError::internal(e.to_string()))?;
-                QueryError::answer(
-                    json!({"customer_id": customer_id, "points": points.unwrap_or(0)}),
-                )
-            }
-            other => Err(QueryError::unknown_method(other)),
-        }
-    }
 }
